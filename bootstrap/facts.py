@@ -1,0 +1,325 @@
+"""Facts: what the host is and has, read over SSH and parsed into small types.
+
+Each parser takes the text a command printed and is unit-tested against
+recorded output (tests/unit/test_facts.py); `gather_host_facts` runs the
+commands. Steps compare facts with what is wanted and act on a difference.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bootstrap.ssh import Connection
+
+
+# --------------------------------------------------------------------- OS
+@dataclass(frozen=True)
+class OsInfo:
+    id: str
+    version_id: str
+    pretty_name: str
+    id_like: tuple[str, ...] = ()
+
+    @property
+    def is_debian_like(self) -> bool:
+        return self.id in ("debian", "ubuntu") or "debian" in self.id_like
+
+
+def parse_os_release(text: str) -> OsInfo:
+    """/etc/os-release: KEY=value lines, values optionally quoted."""
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, raw = line.partition("=")
+        try:
+            parts = shlex.split(raw)
+            value = parts[0] if parts else ""
+        except ValueError:
+            value = raw.strip("\"'")
+        values[key] = value
+    return OsInfo(
+        id=values.get("ID", "linux"),
+        version_id=values.get("VERSION_ID", ""),
+        pretty_name=values.get("PRETTY_NAME", values.get("NAME", "Linux")),
+        id_like=tuple(values.get("ID_LIKE", "").split()),
+    )
+
+
+# -------------------------------------------------------------------- GPU
+@dataclass(frozen=True)
+class GpuInfo:
+    name: str
+    driver_version: str
+    # (major, minor) compute capability; None when nvidia-smi is too old to say.
+    capability: tuple[int, int] | None
+    memory_mb: int | None = None
+
+
+NVIDIA_SMI_QUERY = (
+    "nvidia-smi --query-gpu=name,driver_version,compute_cap,memory.total --format=csv,noheader,nounits"
+)
+# Drivers older than ~510 do not know the compute_cap field.
+NVIDIA_SMI_QUERY_OLD = "nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader,nounits"
+
+
+def parse_compute_capability(text: str) -> tuple[int, int] | None:
+    """'8.6' -> (8, 6); '[N/A]' or garbage -> None."""
+    m = re.fullmatch(r"\s*(\d+)\.(\d+)\s*", text)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def _parse_int(text: str) -> int | None:
+    m = re.match(r"\s*(\d+)", text)
+    return int(m.group(1)) if m else None
+
+
+def parse_nvidia_smi(text: str, *, with_capability: bool = True) -> list[GpuInfo]:
+    """CSV rows of NVIDIA_SMI_QUERY (or NVIDIA_SMI_QUERY_OLD) into GpuInfo."""
+    gpus = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        cells = [c.strip() for c in line.split(",")]
+        if with_capability and len(cells) >= 4:
+            name, driver, cap, mem = cells[:4]
+            gpus.append(GpuInfo(name, driver, parse_compute_capability(cap), _parse_int(mem)))
+        elif not with_capability and len(cells) >= 3:
+            name, driver, mem = cells[:3]
+            gpus.append(GpuInfo(name, driver, None, _parse_int(mem)))
+    return gpus
+
+
+def parse_driver_version(text: str) -> tuple[int, ...]:
+    """'535.183.01' -> (535, 183, 1); used for 'driver >= X' comparisons."""
+    return tuple(int(p) for p in re.findall(r"\d+", text)[:3])
+
+
+# ------------------------------------------------------------------ torch
+# Printed as one JSON line by each candidate Python (never raises: an image
+# whose torch is broken must not stop the bootstrap, only disqualify it).
+TORCH_PROBE = r"""
+import json, sys
+out = {"python": sys.executable, "python_version": "%d.%d.%d" % sys.version_info[:3]}
+try:
+    import venv, ensurepip  # noqa: F401  (Debian splits these into python3-venv)
+    out["venv"] = True
+except Exception:
+    out["venv"] = False
+if sys.argv[1:] == ["metadata"]:
+    # No GPU: versions are all that matter, and importing torch costs seconds.
+    from importlib import metadata
+    for dist in ("torch", "torchvision"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist + "_error"] = "not installed"
+    print(json.dumps(out))
+    sys.exit(0)
+try:
+    import torch
+    out["torch"] = torch.__version__
+    out["cuda"] = torch.version.cuda
+    out["arch_list"] = list(torch.cuda.get_arch_list()) if torch.version.cuda else []
+    out["cuda_available"] = bool(torch.cuda.is_available())
+    if out["cuda_available"]:
+        out["capability"] = list(torch.cuda.get_device_capability(0))
+        out["device_name"] = torch.cuda.get_device_name(0)
+    try:
+        import torchvision
+        out["torchvision"] = torchvision.__version__
+    except Exception as exc:
+        out["torchvision_error"] = repr(exc)
+except Exception as exc:
+    out["torch_error"] = repr(exc)
+print(json.dumps(out))
+"""
+
+
+@dataclass(frozen=True)
+class PythonProbe:
+    python: str
+    python_version: str
+    has_venv: bool = False
+    torch: str | None = None
+    torchvision: str | None = None
+    cuda: str | None = None
+    arch_list: tuple[str, ...] = ()
+    cuda_available: bool = False
+    capability: tuple[int, int] | None = None
+    device_name: str | None = None
+    error: str | None = None
+
+    @property
+    def has_torch(self) -> bool:
+        return self.torch is not None and self.torchvision is not None
+
+
+def parse_torch_probe(text: str) -> PythonProbe | None:
+    """The last JSON line TORCH_PROBE printed (warnings may come before it)."""
+    for line in reversed(text.strip().splitlines()):
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            d = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        cap = d.get("capability")
+        return PythonProbe(
+            python=d.get("python", ""),
+            python_version=d.get("python_version", ""),
+            has_venv=bool(d.get("venv", False)),
+            torch=d.get("torch"),
+            torchvision=d.get("torchvision"),
+            cuda=d.get("cuda"),
+            arch_list=tuple(d.get("arch_list") or ()),
+            cuda_available=bool(d.get("cuda_available", False)),
+            capability=(int(cap[0]), int(cap[1])) if cap else None,
+            device_name=d.get("device_name"),
+            error=d.get("torch_error") or d.get("torchvision_error"),
+        )
+    return None
+
+
+# ------------------------------------------------------- services / files
+def parse_is_active(text: str) -> str:
+    """`systemctl is-active UNIT` prints one word (active, inactive, failed, ...)."""
+    words = text.split()
+    return words[0] if words else "unknown"
+
+
+def parse_is_enabled(text: str) -> bool:
+    return (text.split() or ["disabled"])[0] in ("enabled", "enabled-runtime", "alias", "static")
+
+
+def parse_sha256sum(text: str) -> str | None:
+    """`sha256sum FILE` -> the hex digest; empty output (no file) -> None."""
+    m = re.match(r"\s*\\?([0-9a-f]{64})\s", text + " ")
+    return m.group(1) if m else None
+
+
+def parse_dpkg_status(text: str) -> dict[str, str]:
+    """`dpkg -s PKG...` paragraphs -> {package: version} of the installed ones.
+
+    A package that is known but removed (config-files) is not installed.
+    """
+    installed: dict[str, str] = {}
+    for para in re.split(r"\n\s*\n", text):
+        fields: dict[str, str] = {}
+        for line in para.splitlines():
+            if ":" in line and not line.startswith(" "):
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
+        if "Package" in fields and fields.get("Status", "").endswith(" installed"):
+            installed[fields["Package"]] = fields.get("Version", "")
+    return installed
+
+
+# --------------------------------------------------------------- gather
+@dataclass(frozen=True)
+class HostFacts:
+    os: OsInfo
+    arch: str
+    cpus: int
+    memory_mb: int
+    gpus: tuple[GpuInfo, ...]
+    # Every Python found, best candidate for the service venv first.
+    pythons: tuple[PythonProbe, ...] = field(default_factory=tuple)
+    nvidia_smi_error: str | None = None
+
+    @property
+    def gpu(self) -> GpuInfo | None:
+        return self.gpus[0] if self.gpus else None
+
+    @property
+    def image_torch(self) -> PythonProbe | None:
+        """The image's own Python with torch+torchvision, if any."""
+        return next((p for p in self.pythons if p.has_torch), None)
+
+    def summary(self) -> dict[str, str | None]:
+        gpu = self.gpu
+        torch = self.image_torch
+        return {
+            "os": self.os.pretty_name,
+            "arch": self.arch,
+            "gpu": gpu.name if gpu else None,
+            "driver": gpu.driver_version if gpu else None,
+            "compute_capability": (
+                f"{gpu.capability[0]}.{gpu.capability[1]}" if gpu and gpu.capability else None
+            ),
+            "image_torch": torch.torch if torch else None,
+        }
+
+
+# Where deep-learning images keep their Python (conda first: it is the one
+# that carries torch there); Debian/Ubuntu's own python3 last.
+PYTHON_CANDIDATES = (
+    "/opt/conda/bin/python3",
+    "/opt/pytorch/bin/python3",
+    "/usr/local/bin/python3",
+    "/usr/bin/python3",
+)
+
+
+def parse_meminfo_mb(text: str) -> int:
+    m = re.search(r"MemTotal:\s+(\d+)\s*kB", text)
+    return int(m.group(1)) // 1024 if m else 0
+
+
+def gather_host_facts(conn: Connection) -> HostFacts:
+    os_info = parse_os_release(conn.run("cat /etc/os-release", sudo=False).stdout)
+    basics = conn.run("uname -m; nproc; cat /proc/meminfo", sudo=False).stdout.splitlines()
+    arch = basics[0].strip() if basics else ""
+    cpus = int(basics[1]) if len(basics) > 1 and basics[1].strip().isdigit() else 1
+    memory_mb = parse_meminfo_mb("\n".join(basics[2:]))
+
+    gpus: list[GpuInfo] = []
+    smi_error = None
+    smi = conn.run(f"command -v nvidia-smi >/dev/null && {NVIDIA_SMI_QUERY}", sudo=False, check=False)
+    if smi.ok:
+        gpus = parse_nvidia_smi(smi.stdout)
+    elif "compute_cap" in (smi.stdout + smi.stderr):
+        old = conn.run(NVIDIA_SMI_QUERY_OLD, sudo=False, check=False)
+        gpus = parse_nvidia_smi(old.stdout, with_capability=False) if old.ok else []
+    elif smi.stdout.strip() or smi.stderr.strip():
+        # nvidia-smi exists but fails: usually a driver/kernel-module mismatch.
+        smi_error = (smi.stderr.strip() or smi.stdout.strip())[:500]
+
+    # Without a GPU only versions matter; with one, the arch list needs `import torch`.
+    mode = "full" if gpus or smi_error else "metadata"
+    pythons: list[PythonProbe] = []
+    seen: set[str] = set()
+    for candidate in PYTHON_CANDIDATES:
+        res = conn.run(
+            f"[ -x {candidate} ] && readlink -f {candidate} && "
+            f"{candidate} - {mode} <<'PROBE'\n{TORCH_PROBE}\nPROBE",
+            sudo=False,
+            check=False,
+            timeout_s=180,
+        )
+        if not res.ok:
+            continue
+        real = res.stdout.splitlines()[0].strip()
+        if real in seen:
+            continue
+        seen.add(real)
+        probe = parse_torch_probe(res.stdout)
+        if probe is not None:
+            pythons.append(probe)
+    # Prefer a Python that already has torch (the image's), then any other.
+    pythons.sort(key=lambda p: not p.has_torch)
+
+    if gpus and gpus[0].capability is None:
+        # Old nvidia-smi: take the capability from the image's torch if it can see the GPU.
+        cap = next((p.capability for p in pythons if p.capability), None)
+        if cap:
+            g = gpus[0]
+            gpus[0] = GpuInfo(g.name, g.driver_version, cap, g.memory_mb)
+    return HostFacts(os_info, arch, cpus, memory_mb, tuple(gpus), tuple(pythons), smi_error)

@@ -1,0 +1,262 @@
+"""Run TorchServe on this machine with our handler: `synthdet serve`.
+
+TorchServe is started in its own process session so that stopping it (Ctrl-C)
+takes the Java frontend and every Python worker with it. Each server gets its
+own work directory, including TMPDIR, because TorchServe keeps its pid file in
+the temp dir and would otherwise refuse a second instance on the same machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psutil
+
+from bootstrap.api import ModelSpec
+from bootstrap.archive import build_archive
+from bootstrap.certs import make_self_signed
+from bootstrap.settings import ServingSettings
+from bootstrap.torchserve_config import render_config_properties, torchserve_env
+
+LOOPBACK = "127.0.0.1"
+Progress = Callable[[str], None]
+
+
+class ServeError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class LocalServeConfig:
+    models: Sequence[ModelSpec]
+    workdir: Path
+    host: str = LOOPBACK
+    port: int = 8080
+    https: bool = False
+    serving: ServingSettings = field(default_factory=ServingSettings)
+
+
+@dataclass
+class LocalServer:
+    """A running TorchServe; use `start_local_server` to get one."""
+
+    config: LocalServeConfig
+    process: subprocess.Popen[bytes]
+    management_url: str
+    log_path: Path
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.config.https else "http"
+
+    def base_url(self, address: str | None = None) -> str:
+        host = address or self.config.host
+        if host in ("0.0.0.0", "::"):
+            host = LOOPBACK
+        host = f"[{host}]" if ":" in host else host
+        return f"{self.scheme}://{host}:{self.config.port}"
+
+    def prediction_url(self, model: str, address: str | None = None) -> str:
+        return f"{self.base_url(address)}/predictions/{model}"
+
+    def wait_ready(self, timeout_s: float, progress: Progress | None = None) -> None:
+        """Healthy means every model has a READY worker: /ping alone turns green too early."""
+        deadline = time.monotonic() + timeout_s
+        pending = {model.name for model in self.config.models}
+        while pending:
+            if self.process.poll() is not None:
+                raise ServeError(
+                    f"TorchServe exited with status {self.process.returncode} while starting.\n"
+                    f"Last lines of {self.log_path}:\n{self.log_tail()}"
+                )
+            if time.monotonic() > deadline:
+                raise ServeError(
+                    f"models {sorted(pending)} not ready after {timeout_s:.0f} s.\n"
+                    f"Last lines of {self.log_path}:\n{self.log_tail()}"
+                )
+            pending = {name for name in pending if not self._model_ready(name)}
+            if pending:
+                if progress:
+                    progress(f"waiting for {', '.join(sorted(pending))} to load")
+                time.sleep(0.5)
+
+    def _model_ready(self, name: str) -> bool:
+        try:
+            response = httpx.get(f"{self.management_url}/models/{name}", timeout=2.0)
+            workers = response.json()[0].get("workers", []) if response.is_success else []
+        except (httpx.HTTPError, ValueError, IndexError, AttributeError):
+            return False
+        return any(worker.get("status") == "READY" for worker in workers)
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        """Stop TorchServe and every process it started; nothing is left behind."""
+        stop_process_tree(self.process, timeout_s)
+
+
+def stop_process_tree(process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    try:
+        family = [psutil.Process(process.pid), *psutil.Process(process.pid).children(True)]
+    except psutil.NoSuchProcess:
+        family = []
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    _gone, alive = psutil.wait_procs(family, timeout=timeout_s)
+    for straggler in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            straggler.kill()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=5)
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def lan_addresses() -> list[str]:
+    """IPv4 addresses a phone on the same network could use to reach this machine."""
+    found = []
+    for addresses in psutil.net_if_addrs().values():
+        for address in addresses:
+            if address.family == socket.AF_INET and not address.address.startswith("127."):
+                found.append(address.address)
+    return sorted(set(found))
+
+
+def build_archives(
+    models: Sequence[ModelSpec], store: Path, serving: ServingSettings, progress: Progress | None
+) -> dict[str, str]:
+    store.mkdir(parents=True, exist_ok=True)
+    archives = {}
+    for model in models:
+        if progress:
+            progress(f"archiving {model.name} from {model.checkpoint}")
+        path = build_archive(
+            model.checkpoint,
+            store,
+            model_name=model.name,
+            label_map=model.label_map,
+            serving=serving,
+        )
+        archives[model.name] = path.name
+    return archives
+
+
+def _write_certificate(config: LocalServeConfig) -> tuple[str, str]:
+    names = [config.host] if config.host not in ("0.0.0.0", "::") else []
+    names += ["localhost", LOOPBACK, *lan_addresses()]
+    cert_pem, key_pem = make_self_signed(list(dict.fromkeys(names)))
+    tls = config.workdir / "tls"
+    tls.mkdir(parents=True, exist_ok=True)
+    cert, key = tls / "cert.pem", tls / "key.pem"
+    cert.write_bytes(cert_pem)
+    key.touch(mode=0o600)
+    key.write_bytes(key_pem)
+    return str(cert), str(key)
+
+
+def start_local_server(config: LocalServeConfig, progress: Progress | None = None) -> LocalServer:
+    """Archive the models, write TorchServe's config and start it (not yet ready)."""
+    if not config.models:
+        raise ServeError("no model to serve: pass --model PATH (or --demo-model)")
+    names = [model.name for model in config.models]
+    if len(set(names)) != len(names):
+        raise ServeError(f"model names must be unique, got {names}")
+    workdir = config.workdir
+    for sub in ("tmp", "logs"):
+        (workdir / sub).mkdir(parents=True, exist_ok=True)
+    store = workdir / "model-store"
+    archives = build_archives(config.models, store, config.serving, progress)
+    cert = _write_certificate(config) if config.https else (None, None)
+    management_port, metrics_port = free_port(), free_port()
+    scheme = "https" if config.https else "http"
+    bind = f"[{config.host}]" if ":" in config.host else config.host
+    properties = render_config_properties(
+        inference_address=f"{scheme}://{bind}:{config.port}",
+        management_address=f"http://{LOOPBACK}:{management_port}",
+        metrics_address=f"http://{LOOPBACK}:{metrics_port}",
+        model_store=str(store),
+        models=archives,
+        serving=config.serving,
+        certificate_file=cert[0],
+        private_key_file=cert[1],
+    )
+    config_path = workdir / "config.properties"
+    config_path.write_text(properties, encoding="utf-8")
+    _check_port_free(config.host, config.port)
+    log_path = workdir / "logs" / "torchserve.out"
+    env = {
+        **os.environ,
+        **torchserve_env(),
+        "TMPDIR": str(workdir / "tmp"),
+        "LOG_LOCATION": str(workdir / "logs"),
+        "METRICS_LOCATION": str(workdir / "logs"),
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "ts.model_server",
+        "--start",
+        "--foreground",
+        "--ncs",
+        "--ts-config",
+        str(config_path),
+        "--model-store",
+        str(store),
+    ]
+    if progress:
+        progress(f"starting TorchServe (logs: {workdir / 'logs'})")
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            command,
+            cwd=workdir,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    return LocalServer(config, process, f"http://{LOOPBACK}:{management_port}", log_path)
+
+
+def _check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as err:
+            raise ServeError(
+                f"cannot listen on {host}:{port} ({err.strerror}); "
+                "is another server running? pick another --port"
+            ) from err
+
+
+@contextlib.contextmanager
+def serving(
+    config: LocalServeConfig, timeout_s: float = 300, progress: Progress | None = None
+) -> Iterator[LocalServer]:
+    """Start, wait until ready, yield, and always stop."""
+    server = start_local_server(config, progress)
+    try:
+        server.wait_ready(timeout_s, progress)
+        yield server
+    finally:
+        server.stop()

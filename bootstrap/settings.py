@@ -1,0 +1,112 @@
+"""Every serving setting, its default and its limits, in one typed model.
+
+The same model feeds the local `synthdet serve`, the model archive's
+`model-config.yaml`, the SSH deploy and the Pulumi stacks, so a user reads
+one file to learn what can be tuned.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+DEFAULT_MODEL_NAME = "synthdet"
+MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+Precision = Literal["fp32", "fp16", "bf16"]
+
+
+def check_model_name(name: str) -> str:
+    """Model names become URL path segments and file names: keep them plain."""
+    if not MODEL_NAME_PATTERN.match(name):
+        raise ValueError(
+            f"invalid model name {name!r}: use letters, digits, '_' or '-' "
+            "(at most 64 characters, starting with a letter or digit)"
+        )
+    return name
+
+
+class ServingSettings(BaseModel):
+    """How TorchServe runs the model: what goes into the archive and its config."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    score_threshold: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="Detections scoring at or below this are dropped server-side "
+        "(the original server used 0.5; the app filters again at 0.5-1.0).",
+    )
+    batch_size: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="Requests TorchServe may group into one forward pass.",
+    )
+    max_batch_delay_ms: int = Field(
+        10,
+        ge=0,
+        le=1000,
+        description="How long TorchServe waits to fill a batch.",
+    )
+    workers: int | None = Field(
+        None,
+        ge=1,
+        le=16,
+        description="Model workers; default: one per GPU, or one on CPU.",
+    )
+    response_timeout_s: int = Field(
+        30,
+        ge=1,
+        le=600,
+        description="TorchServe restarts a worker whose batch takes longer than this.",
+    )
+    startup_timeout_s: int = Field(
+        300,
+        ge=10,
+        le=3600,
+        description="How long a worker may take to load the model and warm up.",
+    )
+    max_request_bytes: int = Field(
+        10 * 1024 * 1024,
+        ge=64 * 1024,
+        le=100 * 1024 * 1024,
+        description="Largest request body accepted (the app sends ~100-400 kB).",
+    )
+    max_image_pixels: int = Field(
+        40_000_000,
+        ge=1_000_000,
+        le=200_000_000,
+        description="Images with more pixels are refused before decoding (decompression bombs).",
+    )
+    job_queue_size: int = Field(
+        32,
+        ge=1,
+        le=10_000,
+        description="Requests queued per model before TorchServe answers 503.",
+    )
+    precision: Precision = Field(
+        "fp32",
+        description="fp32 everywhere; fp16 (GPU) or bf16 (CPU/GPU) autocast as an opt-in.",
+    )
+    warmup_sizes: tuple[tuple[int, int], ...] = Field(
+        ((1280, 960), (1280, 720)),
+        description="(width, height) images run once at load so the first request is not slow.",
+    )
+    java_heap_mb: int = Field(
+        512,
+        ge=128,
+        le=65536,
+        description="TorchServe frontend heap (Java defaults to a quarter of RAM).",
+    )
+
+    @field_validator("warmup_sizes")
+    @classmethod
+    def _sizes_are_positive(cls, sizes: tuple[tuple[int, int], ...]) -> tuple[tuple[int, int], ...]:
+        for width, height in sizes:
+            if not (16 <= width <= 4096 and 16 <= height <= 4096):
+                raise ValueError(f"warm-up size {width}x{height} is outside 16..4096")
+        return sizes

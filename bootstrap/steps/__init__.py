@@ -1,0 +1,10 @@
+"""Deploy steps, one module each, run in this order by `bootstrap.deploy`.
+
+Each module has `NAME` and `apply(ctx) -> StepResult` (idempotent: it acts
+only on a difference and says whether it changed anything).
+"""
+
+from bootstrap.steps import health, layout, nginx, packages, secret, torchserve, upload_model, venv
+
+# Order matters: the venv needs packages; nginx needs the secret; health needs all.
+STEPS = (packages, layout, venv, secret, upload_model, torchserve, nginx, health)

@@ -1,0 +1,131 @@
+"""nginx in front of TorchServe: TLS on the public port, the URL secret, POST only.
+
+The certificate is the user's own, or a self-signed one with the public
+address in its SAN that is kept across reruns (its fingerprint is what users
+pin) until the address changes or it nears expiry. nginx is reloaded (not
+restarted) and only when its config or certificate changed, after `nginx -t`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+
+from cryptography import x509
+
+from bootstrap.certs import make_self_signed
+from bootstrap.steps.base import (
+    CERT_FILE,
+    INFERENCE_PORT,
+    KEY_FILE,
+    NGINX_DEFAULT_LINK,
+    NGINX_SITE,
+    NGINX_SITE_LINK,
+    Context,
+    DeployError,
+    StepResult,
+    ensure_file,
+    render_template,
+    systemctl_is_active,
+)
+
+NAME = "nginx"
+RENEW_BEFORE = datetime.timedelta(days=30)
+
+
+def cert_covers(cert_pem: bytes, address: str, now: datetime.datetime | None = None) -> bool:
+    """Whether a certificate names `address` in its SAN and is valid for a while yet."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (ValueError, x509.ExtensionNotFound):
+        return False
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    if cert.not_valid_after_utc - RENEW_BEFORE < now:
+        return False
+    try:
+        ip = ipaddress.ip_address(address)
+        return ip in san.get_values_for_type(x509.IPAddress)
+    except ValueError:
+        return address.lower() in (n.lower() for n in san.get_values_for_type(x509.DNSName))
+
+
+def ensure_certificate(ctx: Context) -> bool:
+    """Put the certificate and key in place; sets ctx.cert_pem. True when changed."""
+    opts = ctx.options
+    if opts.tls_cert is not None and opts.tls_key is not None:
+        cert_pem, key_pem = opts.tls_cert.read_bytes(), opts.tls_key.read_bytes()
+        try:
+            x509.load_pem_x509_certificate(cert_pem)
+        except ValueError as exc:
+            raise DeployError(f"{opts.tls_cert} is not a PEM certificate: {exc}") from exc
+        changed = ensure_file(ctx, CERT_FILE, cert_pem, mode=0o644)
+        changed |= ensure_file(ctx, KEY_FILE, key_pem, mode=0o600)
+        ctx.state.tls_source = "user"
+        ctx.cert_pem = cert_pem
+        return changed
+    current = ctx.conn.read_file(CERT_FILE)
+    has_key = ctx.conn.run(f"test -s {KEY_FILE}", check=False).ok
+    if (
+        current is not None
+        and has_key
+        and ctx.state.tls_source == "self-signed"
+        and cert_covers(current, ctx.public_address)
+    ):
+        ctx.cert_pem = current
+        return False
+    cert_pem, key_pem = make_self_signed([ctx.public_address])
+    # Key first: nginx never sees a certificate without its key.
+    ensure_file(ctx, KEY_FILE, key_pem, mode=0o600)
+    ensure_file(ctx, CERT_FILE, cert_pem, mode=0o644)
+    ctx.state.tls_source = "self-signed"
+    ctx.cert_pem = cert_pem
+    return True
+
+
+def render_site(ctx: Context) -> str:
+    serving = ctx.options.serving
+    locations = "".join(
+        render_template("nginx-model-location.conf", secret=ctx.secret, name=spec.name) for spec in ctx.models
+    )
+    return render_template(
+        "nginx-site.conf",
+        port=ctx.options.public_port,
+        cert_file=CERT_FILE,
+        key_file=KEY_FILE,
+        inference_port=INFERENCE_PORT,
+        max_body=serving.max_request_bytes,
+        read_timeout=serving.response_timeout_s + 30,
+        secret=ctx.secret,
+        model_locations=locations,
+        miss_rate=10,
+        miss_burst=40,
+    )
+
+
+def apply(ctx: Context) -> StepResult:
+    changed = ensure_certificate(ctx)
+    changed |= ensure_file(ctx, NGINX_SITE, render_site(ctx), mode=0o640)
+    link = ctx.conn.run(
+        f'[ "$(readlink {NGINX_SITE_LINK})" = {NGINX_SITE} ] || '
+        f"{{ ln -sfn {NGINX_SITE} {NGINX_SITE_LINK}; echo CHANGED; }}; "
+        # Debian's default site listens on :80 and would be served to anyone.
+        f"if [ -e {NGINX_DEFAULT_LINK} ] || [ -L {NGINX_DEFAULT_LINK} ]; then "
+        f"rm -f {NGINX_DEFAULT_LINK}; echo REMOVED_DEFAULT; fi"
+    ).stdout
+    if "REMOVED_DEFAULT" in link:
+        ctx.state.removed_default_site = True
+    changed |= "CHANGED" in link or "REMOVED_DEFAULT" in link
+
+    test = ctx.conn.run("nginx -t", check=False)
+    if not test.ok:
+        raise DeployError(f"nginx rejects its configuration:\n{test.stderr.strip()[-1500:]}")
+    ctx.conn.run("systemctl is-enabled --quiet nginx || systemctl enable --quiet nginx")
+    active = systemctl_is_active(ctx, "nginx")
+    if active != "active":
+        ctx.conn.run("systemctl restart nginx")
+        changed = True
+    elif changed:
+        ctx.conn.run("systemctl reload nginx")
+    port = ctx.options.public_port
+    return StepResult(NAME, changed, f"TLS on :{port}" + (" (reloaded)" if changed else ""))

@@ -1,0 +1,46 @@
+"""The URL secret: access control for a client that cannot send headers.
+
+The phone app POSTs to the URL exactly as scanned, with no Authorization
+header, so the secret travels as a path segment that nginx checks; any other
+path is a 404. It is stored on the host (root-only) so reruns keep the URL
+(and the QR code users already scanned) stable; pass a new one to rotate.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+
+from bootstrap.steps.base import SECRET_FILE, Context, StepResult, ensure_file
+
+NAME = "url-secret"
+# URL-safe base64 alphabet only: passes .NET Uri.IsWellFormedUriString, needs no escaping
+# in nginx locations, and is long enough that guessing is hopeless.
+SECRET_PATTERN = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
+
+
+def new_secret() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def check_secret(secret: str) -> str:
+    if not SECRET_PATTERN.match(secret):
+        raise ValueError(
+            "the URL secret must be 16-128 characters of letters, digits, '-' or '_' "
+            "(it becomes a URL path segment)"
+        )
+    return secret
+
+
+def apply(ctx: Context) -> StepResult:
+    wanted = ctx.options.url_secret
+    if wanted is None:
+        stored = ctx.conn.read_file(SECRET_FILE)
+        text = stored.decode().strip() if stored else ""
+        if SECRET_PATTERN.match(text):
+            ctx.secret = text
+            return StepResult(NAME, False, "kept the stored secret")
+        wanted = new_secret()
+    ctx.secret = check_secret(wanted)
+    changed = ensure_file(ctx, SECRET_FILE, ctx.secret + "\n", mode=0o600)
+    return StepResult(NAME, changed, "rotated" if changed else "unchanged")

@@ -1,0 +1,185 @@
+"""TorchServe under systemd: config.properties, the unit, and the loaded models.
+
+Restarts happen only when the unit or the (non-model) config changed or the
+service is down. A changed, added or removed model is applied through the
+management API on 127.0.0.1 (unregister + register of that model only), so
+other models keep serving. What TorchServe has loaded is recorded in the
+host state; a run that died between upload and reload is finished by the
+next one.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+
+from bootstrap.steps.base import (
+    CONFIG_FILE,
+    INFERENCE_PORT,
+    LOG_DIR,
+    MANAGEMENT_PORT,
+    METRICS_PORT,
+    MODEL_STORE,
+    SERVICE_USER,
+    TS_TMP_DIR,
+    UNIT_FILE,
+    UNIT_NAME,
+    VAR_DIR,
+    VENV_DIR,
+    Context,
+    DeployError,
+    StepResult,
+    ensure_file,
+    render_template,
+    sha256_text,
+    systemctl_is_active,
+    write_state,
+)
+from bootstrap.torchserve_config import render_config_properties, torchserve_env
+
+NAME = "torchserve"
+MANAGEMENT_URL = f"http://127.0.0.1:{MANAGEMENT_PORT}"
+
+# Runs on the host (python3 is there: the venv needs it); prints {"status", "body"}.
+_HTTP = r"""
+import json, sys, urllib.request, urllib.error
+method, url, timeout = sys.argv[1], sys.argv[2], float(sys.argv[3])
+try:
+    with urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=timeout) as r:
+        print(json.dumps({"status": r.status, "body": r.read().decode("utf-8", "replace")}))
+except urllib.error.HTTPError as e:
+    print(json.dumps({"status": e.code, "body": e.read().decode("utf-8", "replace")}))
+except Exception as e:
+    print(json.dumps({"status": 0, "body": repr(e)}))
+"""
+
+
+def render_config(ctx: Context, model_names: list[str] | tuple[str, ...]) -> str:
+    return render_config_properties(
+        inference_address=f"http://127.0.0.1:{INFERENCE_PORT}",
+        management_address=f"http://127.0.0.1:{MANAGEMENT_PORT}",
+        metrics_address=f"http://127.0.0.1:{METRICS_PORT}",
+        model_store=MODEL_STORE,
+        models={name: f"{name}.mar" for name in model_names},
+        serving=ctx.options.serving,
+        workers_per_model=ctx.workers_per_model,
+        # Model (un)registration is how a changed model is reloaded without a
+        # restart; the management API listens on loopback only.
+        enable_model_api=True,
+    )
+
+
+def render_unit(has_gpu: bool) -> str:
+    env = torchserve_env()
+    extra = "\n".join(f"Environment={k}={v}" for k, v in sorted(env.items()))
+    return render_template(
+        "synthdet-torchserve.service",
+        user=SERVICE_USER,
+        var_dir=VAR_DIR,
+        tmp_dir=TS_TMP_DIR,
+        log_dir=LOG_DIR,
+        venv=VENV_DIR,
+        config=CONFIG_FILE,
+        model_store=MODEL_STORE,
+        extra_env=extra,
+        # GPU device nodes (/dev/nvidia*) must stay visible when there is a GPU.
+        private_devices="no" if has_gpu else "yes",
+    )
+
+
+def management(ctx: Context, method: str, path: str, timeout_s: float = 30.0) -> tuple[int, str]:
+    """(status, body) of a management API call made on the host; status 0 = no answer."""
+    url = f"{MANAGEMENT_URL}{path}"
+    res = ctx.conn.run(
+        f"python3 - {shlex.quote(method)} {shlex.quote(url)} {timeout_s} <<'EOF'\n{_HTTP}\nEOF",
+        sudo=False,
+        timeout_s=timeout_s + 30,
+    )
+    data = json.loads(res.stdout.strip().splitlines()[-1])
+    return int(data["status"]), str(data["body"])
+
+
+def wait_for_management(ctx: Context, timeout_s: float) -> list[str]:
+    """Registered model names, once the management API answers."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status, body = management(ctx, "GET", "/models", timeout_s=10)
+        if status == 200:
+            return [m["modelName"] for m in json.loads(body).get("models", [])]
+        if time.monotonic() > deadline:
+            raise DeployError(
+                f"TorchServe's management API did not answer in {timeout_s:.0f} s "
+                f"(last: {status} {body[:200]}). Logs: journalctl -u {UNIT_NAME}"
+            )
+        time.sleep(1.0)
+
+
+def reload_model(ctx: Context, name: str, registered: bool) -> None:
+    """Unregister (if loaded) and register one model, waiting until its workers are up."""
+    timeout = ctx.options.serving.startup_timeout_s + 60
+    if registered:
+        status, body = management(ctx, "DELETE", f"/models/{name}", timeout_s=120)
+        if status not in (200, 404):
+            raise DeployError(f"could not unload model {name}: {status} {body[:300]}")
+    query = (
+        f"/models?url={name}.mar&model_name={name}&initial_workers={ctx.workers_per_model}"
+        f"&synchronous=true&response_timeout={ctx.options.serving.response_timeout_s}"
+    )
+    status, body = management(ctx, "POST", query, timeout_s=timeout)
+    if status != 200:
+        raise DeployError(
+            f"TorchServe could not load model {name}: {status} {body[:500]}\n"
+            f"Logs: journalctl -u {UNIT_NAME}; {LOG_DIR}/model_log.log"
+        )
+
+
+def apply(ctx: Context) -> StepResult:
+    wanted = [spec.name for spec in ctx.models]
+    previous = sorted(ctx.state.loaded_models)
+    # Was the config, apart from its model list, already what we want? Then a
+    # changed model list is applied live, without a restart.
+    same_but_models = ctx.conn.sha256(CONFIG_FILE) == sha256_text(render_config(ctx, previous))
+
+    unit_changed = ensure_file(ctx, UNIT_FILE, render_unit(bool(ctx.facts.gpus)))
+    config_changed = ensure_file(ctx, CONFIG_FILE, render_config(ctx, wanted), mode=0o640, group=SERVICE_USER)
+    if unit_changed:
+        ctx.conn.run("systemctl daemon-reload")
+    enabled = ctx.conn.run(f"systemctl is-enabled {UNIT_NAME}", check=False).stdout.strip()
+    if enabled != "enabled":
+        ctx.conn.run(f"systemctl enable {UNIT_NAME}")
+
+    active = systemctl_is_active(ctx, UNIT_NAME)
+    restart = (
+        unit_changed or ctx.venv_changed or (config_changed and not same_but_models) or active != "active"
+    )
+    detail: list[str] = []
+    if restart:
+        ctx.progress.status("(re)starting TorchServe")
+        ctx.conn.run(f"systemctl restart {UNIT_NAME}")
+        ctx.service_restarted = True
+        ctx.state.loaded_models = dict(ctx.archive_sha256)
+        detail.append("restarted" if active == "active" else "started")
+    else:
+        registered = wait_for_management(ctx, ctx.options.health_timeout_s)
+        for name in wanted:
+            if ctx.state.loaded_models.get(name) == ctx.archive_sha256[name] and name in registered:
+                continue
+            ctx.progress.status(f"loading model {name} (TorchServe keeps running)")
+            reload_model(ctx, name, name in registered)
+            ctx.state.loaded_models[name] = ctx.archive_sha256[name]
+            write_state(ctx)
+            detail.append(f"reloaded {name}")
+        for name in registered:
+            if name not in wanted:
+                management(ctx, "DELETE", f"/models/{name}", timeout_s=120)
+                detail.append(f"unloaded {name}")
+    # Archives of models no longer deployed.
+    stale = [n for n in previous if n not in wanted]
+    for name in stale:
+        ctx.state.loaded_models.pop(name, None)
+    if stale:
+        ctx.conn.run("rm -f " + " ".join(shlex.quote(f"{MODEL_STORE}/{n}.mar") for n in stale))
+    write_state(ctx)
+    changed = unit_changed or config_changed or restart or bool(detail)
+    return StepResult(NAME, changed, ", ".join(detail) or "running, models current")

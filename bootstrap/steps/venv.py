@@ -1,0 +1,169 @@
+"""The service's own Python environment: TorchServe pinned, torch that fits the GPU.
+
+When the image's torch has kernels for this GPU (or there is no GPU), the
+venv is made with --system-site-packages and reuses it: no multi-GB
+download. Otherwise the venv is isolated and gets the torch build
+`torch_select` names. A stamp file keyed by every input makes an unchanged
+venv a single cheap check on reruns.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from importlib import resources
+
+from bootstrap.api import PipSource
+from bootstrap.steps.base import VENV_DIR, Context, DeployError, StepResult, sha256_text
+from bootstrap.torch_select import (
+    DEFAULT_TORCH_INDEX,
+    TorchChoice,
+    TorchSelectError,
+    select_torch,
+    torchvision_for,
+)
+
+NAME = "venv"
+STAMP_NAME = ".synthdet-stamp"
+REQUIREMENTS_NAME = ".synthdet-requirements.txt"
+
+
+def host_requirements() -> str:
+    return resources.files("bootstrap").joinpath("host_requirements.txt").read_text("utf-8")
+
+
+def pip_args(pip: PipSource) -> list[str]:
+    """Index options for pip. find-links without an index means a closed wheelhouse."""
+    args: list[str] = []
+    if pip.index_url:
+        args += ["--index-url", pip.index_url]
+    elif pip.find_links:
+        # A locked-down host: only the wheelhouse (pip would otherwise try PyPI and retry).
+        args.append("--no-index")
+    if pip.find_links:
+        args += ["--find-links", pip.find_links]
+    for host in pip.trusted_hosts:
+        args += ["--trusted-host", host]
+    return args
+
+
+def torch_install_args(ctx: Context, choice: TorchChoice) -> list[str]:
+    """pip arguments that install torch+torchvision of the chosen build."""
+    version = ctx.options.torch_version
+    reqs = (
+        [f"torch=={version}", f"torchvision=={torchvision_for(version)}"]
+        if version
+        else ["torch", "torchvision"]
+    )
+    pip = ctx.options.pip
+    if ctx.options.torch_index_url or not (pip.index_url or pip.find_links):
+        base = ctx.options.torch_index_url or DEFAULT_TORCH_INDEX
+        index = choice.index_url(base) or base
+        trusted = [a for h in pip.trusted_hosts for a in ("--trusted-host", h)]
+        return [*reqs, "--index-url", index, *trusted]
+    # A mirror or wheelhouse given: it must carry the right build.
+    return [*reqs, *pip_args(pip)]
+
+
+def stamp_for(ctx: Context, choice: TorchChoice, python: str, requirements: str) -> str:
+    inputs = {
+        "python": python,
+        "reuse_image_torch": choice.reuse_image,
+        "build": choice.build.flavor if choice.build else None,
+        "torch_version": ctx.options.torch_version,
+        "requirements": sha256_text(requirements),
+        "pip": pip_args(ctx.options.pip),
+        "torch_index": ctx.options.torch_index_url,
+        "version": 1,
+    }
+    return json.dumps(inputs, sort_keys=True)
+
+
+VERIFY = r"""
+import json, torch, ts, torchvision
+print(json.dumps({"torch": torch.__version__, "cuda": torch.version.cuda,
+                  "cuda_available": torch.cuda.is_available(), "ts": ts.__version__}))
+"""
+
+
+def apply(ctx: Context) -> StepResult:
+    facts = ctx.facts
+    try:
+        choice = select_torch(facts.gpu, facts.image_torch)
+    except TorchSelectError as exc:
+        raise DeployError(str(exc)) from exc
+    ctx.torch = choice
+    ctx.python = f"{VENV_DIR}/bin/python"
+    base = facts.image_torch if choice.reuse_image else None
+    python = base.python if base else (facts.pythons[0].python if facts.pythons else "python3")
+    requirements = host_requirements()
+    stamp = stamp_for(ctx, choice, python, requirements)
+    # Each set of inputs gets its own directory; VENV_DIR is a symlink to the
+    # current one. A failed install never touches the venv the service runs.
+    target = f"{VENV_DIR}-{sha256_text(stamp)[:12]}"
+    q = shlex.quote
+    have = ctx.conn.run(
+        f'echo "$(readlink {VENV_DIR})"; cat {target}/{STAMP_NAME} 2>/dev/null', check=False
+    ).stdout
+    current, _, stamp_there = have.partition("\n")
+    built = stamp_there.strip() == stamp and ctx.conn.run(f"test -x {target}/bin/torchserve", check=False).ok
+    if built and current.strip() == target:
+        return StepResult(NAME, False, choice.reason)
+
+    if not built:
+        ctx.progress.status(f"preparing the service venv: {choice.reason}")
+        site = "--system-site-packages " if choice.reuse_image else ""
+        ctx.conn.run(f"rm -rf {target} && {q(python)} -m venv {site}{target}", timeout_s=300)
+        pip = f"{target}/bin/python -m pip --disable-pip-version-check --no-input -q"
+        reqs = f"{target}/{REQUIREMENTS_NAME}"
+        ctx.conn.upload_atomic(requirements.encode(), reqs)
+        if not choice.reuse_image:
+            ctx.progress.status(f"installing torch ({choice.build.flavor if choice.build else '?'})")
+            _pip(ctx, f"{pip} install {' '.join(q(a) for a in torch_install_args(ctx, choice))}")
+        ctx.progress.status("installing TorchServe and the handler's dependencies")
+        extra = " ".join(q(a) for a in pip_args(ctx.options.pip))
+        _pip(ctx, f"{pip} install {extra} -r {reqs}")
+        info = _verify(ctx, target, choice)
+        ctx.conn.upload_atomic(stamp.encode(), f"{target}/{STAMP_NAME}")
+        detail = f"{choice.reason}; torch {info.get('torch')}"
+    else:
+        detail = f"{choice.reason} (switched back to an existing venv)"
+    # Atomic switch (rename over the old link), then drop the older venvs.
+    ctx.conn.run(
+        f"ln -sfn {target} {VENV_DIR}.new && mv -Tf {VENV_DIR}.new {VENV_DIR} && "
+        f'for d in {VENV_DIR}-*; do [ "$d" = {target} ] || rm -rf "$d"; done'
+    )
+    ctx.venv_changed = True
+    return StepResult(NAME, True, detail)
+
+
+def _verify(ctx: Context, venv: str, choice: TorchChoice) -> dict[str, object]:
+    """Import torch and TorchServe in the new venv; a GPU host must see its GPU."""
+    facts = ctx.facts
+    verify = ctx.conn.run(f"{venv}/bin/python - <<'EOF'\n{VERIFY}\nEOF", check=False)
+    try:
+        info = json.loads(verify.stdout.strip().splitlines()[-1]) if verify.ok else None
+    except (json.JSONDecodeError, IndexError):
+        info = None
+    if not isinstance(info, dict):
+        raise DeployError(
+            f"the service venv cannot import torch and TorchServe: {verify.stderr.strip()[-600:]}"
+        )
+    if choice.device == "cuda" and not info.get("cuda_available"):
+        raise DeployError(
+            f"torch {info.get('torch')} in the service venv cannot use the GPU "
+            f"({facts.gpu.name if facts.gpu else '?'}, driver "
+            f"{facts.gpu.driver_version if facts.gpu else '?'}). Check the NVIDIA driver "
+            "(nvidia-smi) or pin a build with --torch-version/--torch-index-url."
+        )
+    return info
+
+
+def _pip(ctx: Context, cmd: str) -> None:
+    res = ctx.conn.run(cmd, check=False, timeout_s=3600, env={"PIP_DEFAULT_TIMEOUT": "60"})
+    if not res.ok:
+        raise DeployError(
+            f"pip failed on the host (exit {res.rc}): {(res.stderr or res.stdout).strip()[-1200:]}"
+            "\nCheck the package index options (--pip-index-url / --pip-find-links) and that "
+            "the host can reach it."
+        )

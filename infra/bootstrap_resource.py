@@ -1,0 +1,268 @@
+"""The SSH bootstrap as a Pulumi resource (a dynamic provider around bootstrap.deploy).
+
+- create: deploy to the host once it is up (the resource depends on it);
+- diff: "update" exactly when a fingerprint (checkpoint, label map, handler,
+  serving settings) or a deploy option changed, "replace" when it is another
+  host (a new instance, address, user or port);
+- update: deploy again (the bootstrap is idempotent: unchanged steps are skipped);
+- delete: undeploy, but a host that is gone or unreachable is not an error
+  (the VM is often deleted right after, or was already).
+
+The provider runs in a separate process that unpickles it, so it holds no
+state, imports the bootstrap lazily, and needs this repository importable
+there (`pip install -e .` into the Pulumi virtualenv). Secrets (the SSH key,
+the URL secret, the endpoint URLs that carry it) stay secret in the state
+through `additional_secret_outputs`.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pulumi
+import pulumi.dynamic as dyn
+from pulumi.runtime import rpc
+
+if TYPE_CHECKING:
+    from bootstrap.api import DeployOptions, DeployResult, ModelSpec, SshTarget
+
+# A change in one of these means another machine: deploy there, undeploy here.
+REPLACE_KEYS = ("host", "port", "user", "instance_id")
+# A change in one of these means the same machine needs a redeploy.
+UPDATE_KEYS = (
+    "fingerprints",
+    "serving",
+    "public_port",
+    "url_secret",
+    "pip",
+    "torch_index_url",
+    "torch_version",
+    "private_key",
+)
+SECRET_OUTPUTS = ["private_key", "url_secret", "endpoint", "endpoints"]
+DELETE_TIMEOUT_S = 30.0
+
+
+def plain(value: Any) -> Any:
+    """Inputs as plain Python values: secrets unwrapped, recursively."""
+    value = rpc.unwrap_rpc_secret(value)
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+def _unknown(value: Any) -> bool:
+    return (
+        value == rpc.UNKNOWN
+        or (isinstance(value, Mapping) and any(_unknown(v) for v in value.values()))
+        or (isinstance(value, list) and any(_unknown(v) for v in value))
+    )
+
+
+def diff_props(olds: Mapping[str, Any], news: Mapping[str, Any]) -> dyn.DiffResult:
+    """What changed between the deployed state and the wanted one (pure, unit-tested)."""
+    olds, news = plain(olds), plain(news)
+
+    def changed(key: str) -> bool:
+        return _unknown(news.get(key)) or olds.get(key) != news.get(key)
+
+    replaces = [k for k in REPLACE_KEYS if changed(k)]
+    updates = [k for k in UPDATE_KEYS if changed(k)]
+    # Delete first: when the "new" machine is the old one under another login,
+    # undeploying after the new deploy would remove what was just deployed.
+    return dyn.DiffResult(
+        changes=bool(replaces or updates),
+        replaces=replaces,
+        delete_before_replace=bool(replaces),
+    )
+
+
+def ssh_target(props: Mapping[str, Any]) -> SshTarget:
+    from bootstrap.api import SshTarget
+
+    kwargs: dict[str, Any] = {}
+    if props.get("known_hosts"):
+        kwargs["known_hosts"] = Path(props["known_hosts"]).expanduser()
+    return SshTarget(
+        host=props["host"],
+        user=props["user"],
+        port=int(props["port"]),
+        key_pem=props["private_key"],
+        **kwargs,
+    )
+
+
+def model_specs(props: Mapping[str, Any]) -> list[ModelSpec]:
+    from bootstrap.api import ModelSpec
+
+    return [
+        ModelSpec(
+            name=m["name"],
+            checkpoint=Path(m["checkpoint"]),
+            label_map=Path(m["label_map"]) if m.get("label_map") else None,
+        )
+        for m in props["models"]
+    ]
+
+
+def deploy_options(props: Mapping[str, Any], *, deleting: bool = False) -> DeployOptions:
+    from bootstrap.api import DeployOptions, PipSource
+    from bootstrap.settings import ServingSettings
+
+    pip = props.get("pip") or {}
+    timeout = (
+        float(props.get("delete_timeout_s") or DELETE_TIMEOUT_S)
+        if deleting
+        else float(props.get("ssh_wait_timeout_s") or 600.0)
+    )
+    return DeployOptions(
+        public_port=int(props["public_port"]),
+        public_address=props.get("public_address") or props["host"],
+        url_secret=props.get("url_secret") or None,
+        pip=PipSource(
+            index_url=pip.get("index_url") or None,
+            find_links=pip.get("find_links") or None,
+            trusted_hosts=tuple(pip.get("trusted_hosts") or ()),
+        ),
+        serving=ServingSettings.model_validate(props.get("serving") or {}),
+        ssh_wait_timeout_s=timeout,
+        torch_index_url=props.get("torch_index_url") or None,
+        torch_version=props.get("torch_version") or None,
+    )
+
+
+def result_outputs(props: Mapping[str, Any], result: DeployResult) -> dict[str, Any]:
+    return {
+        **props,
+        "endpoint": result.endpoint,
+        "endpoints": dict(result.endpoints),
+        "cert_sha256": result.cert_sha256,
+        "public_address": result.public_address,
+        "host_facts": {k: v for k, v in result.host.items() if v is not None},
+        "steps": [[name, bool(changed)] for name, changed in result.steps],
+    }
+
+
+class _LogProgress:
+    """Deploy progress as engine log lines (shown by `pulumi up`), stderr as a fallback."""
+
+    def status(self, message: str) -> None:
+        _log(message)
+
+    def step_done(self, name: str, changed: bool, detail: str = "") -> None:
+        _log(f"{name}: {'changed' if changed else 'unchanged'}{f' ({detail})' if detail else ''}")
+
+    def upload(self, label: str, sent: int, total: int) -> None:
+        if sent == total:
+            _log(f"uploaded {label} ({total / 1e6:.1f} MB)")
+
+
+def _log(message: str) -> None:
+    try:
+        pulumi.log.info(f"synthdet bootstrap: {message}")
+    except Exception:  # noqa: BLE001 - logging must never fail a deploy
+        print(f"synthdet bootstrap: {message}", file=sys.stderr, flush=True)
+
+
+class BootstrapProvider(dyn.ResourceProvider):
+    """CRUD for one deployment on one host; every method works from the props alone."""
+
+    # The provider holds no secrets: no need to make its serialized form one.
+    serialize_as_secret_always = False
+
+    def create(self, props: dict[str, Any]) -> dyn.CreateResult:
+        props = plain(props)
+        result = self._deploy(props)
+        return dyn.CreateResult(id_=props["instance_id"], outs=result_outputs(props, result))
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> dyn.DiffResult:
+        return diff_props(olds, news)
+
+    def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> dyn.UpdateResult:
+        props = plain(news)
+        return dyn.UpdateResult(outs=result_outputs(props, self._deploy(props)))
+
+    def delete(self, _id: str, props: dict[str, Any]) -> None:
+        from bootstrap.deploy import undeploy
+
+        props = plain(props)
+        try:
+            undeploy(ssh_target(props), deploy_options(props, deleting=True))
+        except Exception as exc:  # noqa: BLE001 - a gone VM must not block `pulumi destroy`
+            _log(f"undeploy on {props.get('host')} skipped ({type(exc).__name__}: {exc})")
+
+    def _deploy(self, props: dict[str, Any]) -> DeployResult:
+        from bootstrap.deploy import deploy
+
+        return deploy(ssh_target(props), model_specs(props), deploy_options(props), _LogProgress())
+
+
+@dataclass
+class BootstrapArgs:
+    """What the resource deploys where; Output-valued fields are resolved by Pulumi."""
+
+    host: pulumi.Input[str]
+    user: str
+    private_key: pulumi.Input[str]  # secret
+    instance_id: pulumi.Input[str]
+    models: list[dict[str, str | None]]
+    fingerprints: dict[str, str]
+    serving: dict[str, Any]
+    public_port: int
+    url_secret: pulumi.Input[str]  # secret
+    port: int = 22
+    known_hosts: pulumi.Input[str] | None = None
+    pip: dict[str, Any] = field(default_factory=dict)
+    torch_index_url: str = ""
+    torch_version: str = ""
+    ssh_wait_timeout_s: float = 900.0
+    delete_timeout_s: float = DELETE_TIMEOUT_S
+
+    def props(self) -> dict[str, Any]:
+        return {
+            "host": self.host,
+            "port": self.port,
+            "user": self.user,
+            "private_key": pulumi.Output.secret(self.private_key),
+            "instance_id": self.instance_id,
+            "known_hosts": self.known_hosts,
+            "models": self.models,
+            "fingerprints": self.fingerprints,
+            "serving": self.serving,
+            "public_port": self.public_port,
+            "url_secret": pulumi.Output.secret(self.url_secret),
+            "pip": self.pip,
+            "torch_index_url": self.torch_index_url,
+            "torch_version": self.torch_version,
+            "ssh_wait_timeout_s": self.ssh_wait_timeout_s,
+            "delete_timeout_s": self.delete_timeout_s,
+            # Outputs, filled in by create/update.
+            "endpoint": None,
+            "endpoints": None,
+            "cert_sha256": None,
+            "public_address": None,
+            "host_facts": None,
+            "steps": None,
+        }
+
+
+class Bootstrap(dyn.Resource, module="synthdet", name="Bootstrap"):
+    """The deployment on a host; its outputs are the endpoint and certificate."""
+
+    endpoint: pulumi.Output[str]
+    endpoints: pulumi.Output[dict[str, str]]
+    cert_sha256: pulumi.Output[str]
+    public_address: pulumi.Output[str]
+    host_facts: pulumi.Output[dict[str, str]]
+
+    def __init__(self, name: str, args: BootstrapArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        opts = pulumi.ResourceOptions.merge(
+            opts, pulumi.ResourceOptions(additional_secret_outputs=SECRET_OUTPUTS)
+        )
+        super().__init__(BootstrapProvider(), name, args.props(), opts)

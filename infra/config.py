@@ -1,0 +1,232 @@
+"""The stack's settings, read once into one typed model.
+
+`Pulumi.yaml` (`config:`) is where every key is documented with its default;
+the defaults below must match it (a unit test compares the two). Pulumi
+applies the project defaults itself before the program runs; repeating them
+here keeps the program correct under test mocks and gives each key a type.
+
+Keys live in the project namespace: `synthdet:model`, `synthdet:spot`, ...
+Cloud-provider keys stay in their own namespaces (`gcp:project`, `gcp:zone`,
+`aws:region`) because the providers read them too.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import pulumi
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from bootstrap.api import ModelSpec, PipSource
+from bootstrap.settings import ServingSettings
+
+PROJECT = "synthdet"
+# Relative paths in the config (model, label map, key) are relative to this
+# directory, where Pulumi.yaml lives, whatever the program's working directory.
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+
+Cloud = Literal["gcp", "aws", "ssh"]
+SELF_CIDR = "self"  # in sshAllowedCidrs: this machine's public IPv4 address, /32
+ANYWHERE = {"0.0.0.0/0", "::/0"}
+# TorchServe's inference, management and metrics ports (HTTP and gRPC): only
+# nginx on the public port may face the network.
+TORCHSERVE_PORTS = frozenset({7070, 7071, 8080, 8081, 8082})
+
+DEFAULT_GCP_ZONE = "us-central1-a"  # has T4s (as do us-central1-b/c/f)
+DEFAULT_AWS_REGION = "us-east-1"  # has g3s and g4dn
+
+# Machine sizes when `synthdet:machineType` is empty.
+DEFAULT_MACHINE_TYPES: dict[tuple[str, str], str] = {
+    ("gcp", "t4"): "n1-standard-4",
+    ("aws", "t4"): "g4dn.xlarge",
+    ("aws", "m60"): "g3s.xlarge",
+}
+
+
+class ConfigError(ValueError):
+    """A stack setting is missing or wrong; the message names the key."""
+
+
+class StackConfig(BaseModel):
+    """Every `synthdet:*` key; field aliases are the Pulumi key names."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    cloud: Cloud = "gcp"
+    model: str = Field(min_length=1)
+    extra_models: tuple[str, ...] = Field((), alias="extraModels")
+    label_map: str = Field("", alias="labelMap")
+    gpu: str = "t4"
+    gpu_count: int = Field(1, alias="gpuCount", ge=1, le=8)
+    machine_type: str = Field("", alias="machineType")
+    image: str = ""
+    disk_size_gb: int = Field(125, alias="diskSizeGb", ge=30, le=4096)
+    spot: bool = False
+    max_run_hours: int = Field(0, alias="maxRunHours", ge=0, le=720)
+    idle_stop_minutes: int = Field(0, alias="idleStopMinutes", ge=0, le=1440)
+    public_port: int = Field(443, alias="publicPort", ge=1, le=65535)
+    endpoint_cidrs: tuple[str, ...] = Field(("0.0.0.0/0",), alias="endpointCidrs")
+    ssh_allowed_cidrs: tuple[str, ...] = Field((SELF_CIDR,), alias="sshAllowedCidrs")
+    ssh_user: str = Field("", alias="sshUser")
+    ssh_private_key_path: str = Field("", alias="sshPrivateKeyPath")
+    ssh_host: str = Field("", alias="sshHost")
+    ssh_port: int = Field(22, alias="sshPort", ge=1, le=65535)
+    serving: dict[str, Any] = Field(default_factory=dict)
+    pip_index_url: str = Field("", alias="pipIndexUrl")
+    pip_find_links: str = Field("", alias="pipFindLinks")
+    pip_trusted_hosts: tuple[str, ...] = Field((), alias="pipTrustedHosts")
+    torch_index_url: str = Field("", alias="torchIndexUrl")
+    torch_version: str = Field("", alias="torchVersion")
+    show_qr: bool = Field(True, alias="showQr")
+
+    @field_validator("endpoint_cidrs", "ssh_allowed_cidrs")
+    @classmethod
+    def _cidrs(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        for value in values:
+            if value == SELF_CIDR:
+                continue
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{value!r} is not a CIDR (e.g. 203.0.113.7/32)") from exc
+        return values
+
+    @field_validator("public_port")
+    @classmethod
+    def _public_port(cls, port: int) -> int:
+        if port in TORCHSERVE_PORTS or port == 22:
+            raise ValueError(f"port {port} is reserved (SSH or TorchServe's own ports, which stay private)")
+        return port
+
+    @field_validator("serving")
+    @classmethod
+    def _serving(cls, value: dict[str, Any]) -> dict[str, Any]:
+        ServingSettings.model_validate(value)  # unknown keys and bad values fail here
+        return value
+
+    # ---------------------------------------------------------------- derived
+
+    @property
+    def serving_settings(self) -> ServingSettings:
+        return ServingSettings.model_validate(self.serving)
+
+    def model_specs(self) -> list[ModelSpec]:
+        """`model` plus `extraModels`, each `NAME=PATH` or a bare `PATH` (served as synthdet)."""
+        label_map = resolve_path(self.label_map) if self.label_map else None
+        specs = []
+        for value in (self.model, *self.extra_models):
+            spec = ModelSpec.parse(value)
+            specs.append(ModelSpec(spec.name, resolve_path(str(spec.checkpoint)), label_map=label_map))
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"synthdet:model/extraModels: model names repeat: {names}")
+        return specs
+
+    def pip_source(self) -> PipSource:
+        return PipSource(
+            index_url=self.pip_index_url or None,
+            find_links=self.pip_find_links or None,
+            trusted_hosts=tuple(self.pip_trusted_hosts),
+        )
+
+    def resolved_machine_type(self) -> str:
+        if self.machine_type:
+            return self.machine_type
+        try:
+            return DEFAULT_MACHINE_TYPES[(self.cloud, self.gpu)]
+        except KeyError:
+            raise ConfigError(
+                f"synthdet:gpu {self.gpu!r} has no default machine type on {self.cloud}; "
+                "set synthdet:machineType"
+            ) from None
+
+    def ssh_open_to_world(self) -> bool:
+        return any(c in ANYWHERE for c in self.ssh_allowed_cidrs)
+
+
+@dataclass(frozen=True)
+class ProviderSettings:
+    """The cloud providers' own keys that the program needs to know too."""
+
+    gcp_project: str | None
+    gcp_zone: str
+    aws_region: str
+
+    @property
+    def gcp_region(self) -> str:
+        return self.gcp_zone.rsplit("-", 1)[0]
+
+
+@dataclass(frozen=True)
+class Settings:
+    stack: StackConfig
+    providers: ProviderSettings
+
+
+def resolve_path(value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (PROJECT_DIR / path).resolve()
+
+
+def _is_structured(annotation: Any) -> bool:
+    origin = getattr(annotation, "__origin__", None)
+    return origin in (tuple, list, dict) or annotation in (tuple, list, dict)
+
+
+def read_stack_config(config: pulumi.Config | None = None) -> StackConfig:
+    """Every `synthdet:*` key present, validated; absent keys take the defaults."""
+    config = config or pulumi.Config(PROJECT)
+    raw: dict[str, Any] = {}
+    for name, field in StackConfig.model_fields.items():
+        key = field.alias or name
+        # Pulumi hands scalars over as strings; pydantic converts "443" and "true".
+        value = config.get_object(key) if _is_structured(field.annotation) else config.get(key)
+        if value is not None:
+            raw[key] = value
+    try:
+        stack = StackConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc)) from None
+    _check_cloud_keys(stack)
+    return stack
+
+
+def _explain(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"])
+        hint = (
+            " (set it with `pulumi config set synthdet:model ./model.pth`)"
+            if (key == "model" and error["type"] == "missing")
+            else ""
+        )
+        lines.append(f"synthdet:{key}: {error['msg']}{hint}")
+    return "invalid stack configuration:\n  " + "\n  ".join(lines)
+
+
+def _check_cloud_keys(stack: StackConfig) -> None:
+    if stack.cloud == "ssh":
+        missing = [
+            f"synthdet:{key}"
+            for key, value in (("sshHost", stack.ssh_host), ("sshPrivateKeyPath", stack.ssh_private_key_path))
+            if not value
+        ]
+        if missing:
+            raise ConfigError(f"the ssh stack needs {', '.join(missing)}")
+
+
+def read_provider_settings() -> ProviderSettings:
+    gcp = pulumi.Config("gcp")
+    aws = pulumi.Config("aws")
+    return ProviderSettings(
+        gcp_project=gcp.get("project"),
+        gcp_zone=gcp.get("zone") or DEFAULT_GCP_ZONE,
+        aws_region=aws.get("region") or DEFAULT_AWS_REGION,
+    )
+
+
+def read_settings() -> Settings:
+    return Settings(stack=read_stack_config(), providers=read_provider_settings())

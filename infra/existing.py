@@ -1,0 +1,50 @@
+"""A host that already exists (a lab box, an on-prem GPU server): no cloud resources.
+
+It still is a component with the same `Host` shape, so the bootstrap resource
+and the stack outputs are wired exactly as for a cloud VM.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+
+from infra.config import resolve_path
+from infra.host import Host, read_key_file
+
+
+@dataclass
+class ExistingHostArgs:
+    host: str
+    user: str
+    key_path: str
+    port: int = 22
+    gpu: str | None = None
+
+
+class ExistingHost(pulumi.ComponentResource):
+    host: Host
+    public_ip: pulumi.Output[str]
+    instance_id: pulumi.Output[str]
+
+    def __init__(self, name: str, args: ExistingHostArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("synthdet:index:ExistingHost", name, None, opts)
+        key_path = resolve_path(args.key_path)
+        private_text, _ = read_key_file(key_path)
+        self.public_ip = pulumi.Output.from_input(args.host)
+        # No cloud id: the login is what identifies the machine (a change redeploys).
+        self.instance_id = pulumi.Output.from_input(f"{args.user}@{args.host}:{args.port}")
+        self.host = Host(
+            public_ip=self.public_ip,
+            instance_id=self.instance_id,
+            ssh_user=args.user,
+            ssh_port=args.port,
+            ssh_private_key=pulumi.Output.secret(private_text),
+            ssh_key_path=str(key_path),
+            gpu=args.gpu,
+            machine_type=None,
+            hourly_cost_usd=None,
+            ready=[self],
+        )
+        self.register_outputs({"public_ip": self.public_ip, "instance_id": self.instance_id})

@@ -1,0 +1,127 @@
+"""What a stack costs per hour, from the dated price table in `prices.yaml`.
+
+A table in the repo rather than a pricing API: `pulumi preview` stays offline
+and deterministic, and the `as_of` date says how old the numbers are.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict
+
+PRICES_PATH = Path(__file__).with_name("prices.yaml")
+ANY_REGION = "any"
+
+
+class Price(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    usd: float
+    source: str
+
+
+# item (machine type, GPU, disk type) -> region -> price
+PriceMap = dict[str, dict[str, Price]]
+
+
+class CloudPrices(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    machine: PriceMap = {}
+    instance: PriceMap = {}
+    gpu: PriceMap = {}
+    disk_gb_month: PriceMap = {}
+    static_ip: dict[str, Price] = {}
+
+
+class PriceTable(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    as_of: datetime.date
+    currency: str
+    hours_per_month: float
+    gcp: CloudPrices
+    aws: CloudPrices
+
+
+@lru_cache(maxsize=4)
+def load_prices(path: Path = PRICES_PATH) -> PriceTable:
+    return PriceTable.model_validate(yaml.safe_load(Path(path).read_text()))
+
+
+@dataclass
+class Estimate:
+    """An hourly price and what it leaves out (items missing from the table)."""
+
+    usd_per_hour: float = 0.0
+    as_of: str = ""
+    missing: list[str] = field(default_factory=list)
+    lines: list[tuple[str, float]] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing
+
+    def add(self, label: str, price: Price | None, factor: float = 1.0) -> None:
+        if price is None:
+            self.missing.append(label)
+            return
+        amount = price.usd * factor
+        self.usd_per_hour += amount
+        self.lines.append((label, amount))
+
+    def rounded(self) -> float | None:
+        """The stack output: None when any part is unknown (better than a low guess)."""
+        return round(self.usd_per_hour, 4) if self.complete else None
+
+
+def _lookup(table: PriceMap, item: str, region: str) -> Price | None:
+    return table.get(item, {}).get(region)
+
+
+def gcp_hourly(
+    region: str,
+    machine_type: str,
+    gpu_type: str,
+    gpu_count: int,
+    disk_gb: int,
+    disk_type: str = "pd-balanced",
+    table: PriceTable | None = None,
+) -> Estimate:
+    prices = table or load_prices()
+    gcp = prices.gcp
+    est = Estimate(as_of=prices.as_of.isoformat())
+    est.add(f"{machine_type} in {region}", _lookup(gcp.machine, machine_type, region))
+    est.add(f"{gpu_count} x {gpu_type} in {region}", _lookup(gcp.gpu, gpu_type, region), gpu_count)
+    est.add(
+        f"{disk_gb} GB {disk_type}",
+        _lookup(gcp.disk_gb_month, disk_type, region),
+        disk_gb / prices.hours_per_month,
+    )
+    est.add("static IP", gcp.static_ip.get(ANY_REGION))
+    return est
+
+
+def aws_hourly(
+    region: str,
+    instance_type: str,
+    disk_gb: int,
+    disk_type: str = "gp3",
+    table: PriceTable | None = None,
+) -> Estimate:
+    prices = table or load_prices()
+    aws = prices.aws
+    est = Estimate(as_of=prices.as_of.isoformat())
+    est.add(f"{instance_type} in {region}", _lookup(aws.instance, instance_type, region))
+    est.add(
+        f"{disk_gb} GB {disk_type}",
+        _lookup(aws.disk_gb_month, disk_type, region),
+        disk_gb / prices.hours_per_month,
+    )
+    est.add("Elastic IP", aws.static_ip.get(ANY_REGION))
+    return est

@@ -1,0 +1,26 @@
+"""A real TorchServe on this machine (CPU), shared by the tests of a module."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bootstrap.api import ModelSpec
+from bootstrap.local_serve import LocalServeConfig, LocalServer, free_port, serving
+from bootstrap.settings import ServingSettings
+
+
+@pytest.fixture(scope="module")
+def torchserve(
+    unity_checkpoint: Path, other_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalServer]:
+    config = LocalServeConfig(
+        models=[ModelSpec("synthdet", unity_checkpoint), ModelSpec("other", other_checkpoint)],
+        workdir=tmp_path_factory.mktemp("torchserve"),
+        port=free_port(),
+        serving=ServingSettings(max_request_bytes=2 * 1024 * 1024, warmup_sizes=((1280, 960),)),
+    )
+    with serving(config, timeout_s=300) as server:
+        yield server

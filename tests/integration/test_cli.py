@@ -1,0 +1,167 @@
+"""The `synthdet` command as a user runs it, in subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+import zxingcpp
+from PIL import Image
+
+from bootstrap.contract import make_test_jpeg, parse_like_app
+from bootstrap.local_serve import free_port
+
+pytestmark = pytest.mark.integration
+SYNTHDET = [sys.executable, "-m", "bootstrap.cli"]
+
+
+def run(
+    *args: str, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*SYNTHDET, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+def test_help_lists_every_command() -> None:
+    result = run("--help", env={"COLUMNS": "200"})
+    assert result.returncode == 0
+    for command in (
+        "serve",
+        "deploy",
+        "undeploy",
+        "archive",
+        "predict",
+        "qr",
+        "smoke",
+        "demo-model",
+        "doctor",
+    ):
+        assert command in result.stdout
+
+
+def test_serve_without_a_model_refuses_helpfully() -> None:
+    result = run("serve")
+    assert result.returncode != 0
+    assert "--model" in result.stderr and "--demo-model" in result.stderr
+
+
+def test_qr_png_decodes_to_the_url(tmp_path: Path) -> None:
+    url = "https://203.0.113.7:8443/predictions/synthdet"
+    result = run("qr", url, "--png", str(tmp_path / "qr.png"))
+    assert result.returncode == 0 and "\u2580" in result.stdout
+    assert zxingcpp.read_barcodes(Image.open(tmp_path / "qr.png"))[0].text == url
+
+
+def test_predict_in_process_draws_boxes(unity_checkpoint: Path, tmp_path: Path) -> None:
+    image = tmp_path / "frame.jpg"
+    image.write_bytes(make_test_jpeg(640, 480, seed=4))
+    result = run(
+        "predict", str(image), "--model", str(unity_checkpoint), "--out", str(tmp_path / "boxes.png")
+    )
+    assert result.returncode == 0, result.stderr
+    detections = parse_like_app(result.stdout)
+    assert detections
+    assert Image.open(tmp_path / "boxes.png").size == (640, 480)
+
+
+def test_predict_refuses_a_non_image(unity_checkpoint: Path, tmp_path: Path) -> None:
+    bogus = tmp_path / "notes.jpg"
+    bogus.write_text("not a picture")
+    result = run("predict", str(bogus), "--model", str(unity_checkpoint))
+    assert result.returncode == 1 and "415" in result.stderr
+
+
+def test_demo_model_warns_that_it_is_untrained(tmp_path: Path) -> None:
+    result = run("demo-model", "--out", str(tmp_path / "demo.pth"), "--num-classes", "5")
+    assert result.returncode == 0 and "UNTRAINED" in result.stderr
+    assert (tmp_path / "demo.pth").stat().st_size > 1_000_000
+
+
+def test_doctor_gives_a_verdict() -> None:
+    result = run("doctor", env={"COLUMNS": "200"})
+    assert "READY" in result.stdout
+    assert "Java" in result.stdout and "TorchServe" in result.stdout
+
+
+def test_smoke_fails_on_a_dead_endpoint() -> None:
+    result = run("smoke", f"http://127.0.0.1:{free_port()}/predictions/synthdet", "--timeout", "3", "--json")
+    assert result.returncode == 1
+    assert json.loads(result.stdout.strip().splitlines()[-1])["ok"] is False
+
+
+def _wait_for(path: Path, text: str, process: subprocess.Popen[str], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and text in path.read_text(errors="replace"):
+            return
+        assert process.poll() is None, path.read_text(errors="replace")
+        time.sleep(0.5)
+    raise AssertionError(f"{text!r} not seen in {timeout} s:\n{path.read_text(errors='replace')}")
+
+
+def test_serve_https_two_models_then_ctrl_c_leaves_nothing_behind(
+    unity_checkpoint: Path, other_checkpoint: Path, tmp_path: Path
+) -> None:
+    port = free_port()
+    workdir = tmp_path / "work"
+    err = tmp_path / "stderr.txt"
+    with err.open("w") as stderr_file:
+        process = subprocess.Popen(
+            [
+                *SYNTHDET,
+                "serve",
+                "--model",
+                str(unity_checkpoint),
+                "--model",
+                f"other={other_checkpoint}",
+                "--port",
+                str(port),
+                "--https",
+                "--workdir",
+                str(workdir),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=stderr_file,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            _wait_for(err, "Press Ctrl-C", process, timeout=300)
+            family = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+            assert any("java" in " ".join(p.cmdline()) for p in family)
+            for model in ("synthdet", "other"):
+                response = httpx.post(
+                    f"https://127.0.0.1:{port}/predictions/{model}",
+                    content=make_test_jpeg(320, 240),
+                    headers={"Content-Type": "image/jpg"},
+                    verify=False,
+                    timeout=60,
+                )
+                assert response.status_code == 200
+                parse_like_app(response.content)
+            process.send_signal(signal.SIGINT)
+            process.wait(timeout=60)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+    stdout = process.stdout.read() if process.stdout else ""
+    assert f"https://127.0.0.1:{port}/predictions/synthdet" in stdout
+    assert f"https://127.0.0.1:{port}/predictions/other" in stdout
+    _gone, alive = psutil.wait_procs(family, timeout=10)
+    assert not alive, [p.cmdline() for p in alive]
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"https://127.0.0.1:{port}/ping", verify=False, timeout=5)

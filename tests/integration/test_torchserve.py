@@ -1,0 +1,116 @@
+"""Real TorchServe, real HTTP, requests exactly as the SynthDet Viewer sends them."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import io
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from bootstrap.contract import APP_CONTENT_TYPE, check_in_frame, parse_like_app, post_image
+from bootstrap.local_serve import LocalServer
+from tests.support.images import bomb_png, encode, make_test_jpeg, photo
+from tests.support.reference import assert_same_detections, load_reference_model, reference_detections
+
+pytestmark = pytest.mark.integration
+
+
+def _worker_pids(server: LocalServer, model: str) -> list[int]:
+    description = httpx.get(f"{server.management_url}/models/{model}", timeout=5).json()[0]
+    return sorted(worker["pid"] for worker in description["workers"])
+
+
+def test_app_request_is_answered_in_the_apps_format(torchserve: LocalServer, unity_checkpoint: Path) -> None:
+    image = make_test_jpeg(1280, 960, quality=75, seed=11)
+    response = post_image(torchserve.prediction_url("synthdet"), image, timeout_s=60)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/json")
+    detections = parse_like_app(response.content)  # wraps as {"objects": body}, as the app does
+    check_in_frame(detections, 1280, 960)
+    reference = reference_detections(load_reference_model(unity_checkpoint), image)
+    assert_same_detections(response.json(), reference)
+
+
+def test_second_model_is_served_side_by_side(torchserve: LocalServer, other_checkpoint: Path) -> None:
+    image = make_test_jpeg(1280, 590, seed=12)
+    response = post_image(torchserve.prediction_url("other"), image, timeout_s=60)
+    assert response.status_code == 200
+    assert_same_detections(
+        response.json(), reference_detections(load_reference_model(other_checkpoint), image)
+    )
+
+
+def test_ping_on_the_same_address(torchserve: LocalServer) -> None:
+    response = httpx.get(f"{torchserve.base_url()}/ping", timeout=5)
+    assert response.status_code == 200 and response.json()["status"] == "Healthy"
+
+
+HOSTILE = {
+    "empty": (b"", APP_CONTENT_TYPE, 400),
+    "random bytes": (bytes(range(256)) * 40, APP_CONTENT_TYPE, 415),
+    "truncated jpeg": (make_test_jpeg(640, 480)[:9000], APP_CONTENT_TYPE, 400),
+    "decompression bomb": (bomb_png(), "image/png", 413),
+    "json body": (b'{"image": "aGVsbG8="}', "application/json", 415),
+    "text body": (b"hello there", "text/plain", 415),
+    "form body": (b"a=1&b=2", "application/x-www-form-urlencoded", 400),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_bad_input_gets_4xx_json_and_the_worker_survives(torchserve: LocalServer, case: str) -> None:
+    body, content_type, status = HOSTILE[case]
+    pids = _worker_pids(torchserve, "synthdet")
+    url = torchserve.prediction_url("synthdet")
+    response = httpx.post(url, content=body, headers={"Content-Type": content_type}, timeout=60)
+    assert response.status_code == status, response.text
+    assert "error" in response.json() or "message" in response.json()
+    valid = post_image(url, make_test_jpeg(320, 240, seed=13), timeout_s=60)
+    assert valid.status_code == 200
+    assert _worker_pids(torchserve, "synthdet") == pids
+
+
+def test_oversize_body_is_refused_with_413(torchserve: LocalServer) -> None:
+    url = torchserve.prediction_url("synthdet")
+    response = httpx.post(
+        url, content=b"\xff" * (3 * 1024 * 1024), headers={"Content-Type": APP_CONTENT_TYPE}, timeout=60
+    )
+    assert response.status_code == 413
+    assert post_image(url, make_test_jpeg(320, 240), timeout_s=60).status_code == 200
+
+
+def test_request_without_content_type_is_not_a_5xx(torchserve: LocalServer) -> None:
+    request = httpx.Request("POST", torchserve.prediction_url("synthdet"), content=make_test_jpeg(320, 240))
+    assert "Content-Type" not in request.headers
+    with httpx.Client(timeout=60) as client:
+        response = client.send(request)
+    assert response.status_code == 200, response.text
+    parse_like_app(response.content)
+
+
+def test_other_image_forms_are_served(torchserve: LocalServer) -> None:
+    url = torchserve.prediction_url("synthdet")
+    image = photo(320, 240, seed=14)
+    for body, content_type in [
+        (encode(image, "PNG"), "image/png"),
+        (encode(image.convert("CMYK"), "JPEG"), "image/jpeg"),
+    ]:
+        response = httpx.post(url, content=body, headers={"Content-Type": content_type}, timeout=60)
+        assert response.status_code == 200
+        parse_like_app(response.content)
+
+
+def test_five_in_flight_of_mixed_sizes_each_get_their_own_answer(torchserve: LocalServer) -> None:
+    url = torchserve.prediction_url("synthdet")
+    images = [make_test_jpeg(640, height, seed=20 + i) for i, height in enumerate([480, 296, 480, 360, 480])]
+    with concurrent.futures.ThreadPoolExecutor(5) as pool:
+        together = list(pool.map(lambda image: post_image(url, image, timeout_s=120), images))
+    assert [response.status_code for response in together] == [200] * 5, [r.text for r in together]
+    for image, response in zip(images, together, strict=True):
+        alone = post_image(url, image, timeout_s=60).json()
+        assert response.json() == alone
+        width, height = Image.open(io.BytesIO(image)).size
+        check_in_frame(parse_like_app(json.dumps(alone)), width, height)

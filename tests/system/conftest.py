@@ -1,0 +1,93 @@
+"""Fixtures for the system tests: real systemd test hosts (see docs/testhost.md).
+
+`testhost` is one host shared by the whole session (booting is cheap, ~1 s, but the first
+import of torch in a fresh guest is not); `fresh_testhost` makes hosts of a test's own.
+
+Without root (or another capability the hosts need) the system tests are skipped, unless the
+CI environment variable is set: in CI a machine that cannot boot test hosts is a failure.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+# tests/system has no __init__.py, so make `tests.support` importable however pytest is run.
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(_REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(_REPO_ROOT))
+
+from tests.support import testhost as th  # noqa: E402
+
+_SYSTEM_DIR = Path(__file__).resolve().parent
+_host_numbers = itertools.count(1)
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _require_test_hosts() -> None:
+    ok, reason = th.is_supported()
+    if ok:
+        return
+    if _in_ci():
+        pytest.fail(f"CI is set, so the system tests must run, but: {reason}", pytrace=False)
+    pytest.skip(f"system tests need a test host: {reason}")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the whole system suite up front (one clear reason) where hosts cannot boot."""
+    ok, reason = th.is_supported()
+    if ok or _in_ci():
+        return  # in CI the fixtures fail instead
+    skip = pytest.mark.skip(reason=f"system tests need a test host: {reason}")
+    for item in items:
+        if _SYSTEM_DIR in Path(item.path).parents:
+            item.add_marker(skip)
+
+
+def _up_or_fail(name: str) -> th.TestHostInfo:
+    try:
+        return th.up(name)
+    except th.TestHostError as exc:  # `up` has already cleaned up after itself
+        pytest.fail(f"could not boot test host {name}: {exc}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def testhost() -> Iterator[th.TestHostInfo]:
+    """A running test host shared by the session; powered off and removed at the end."""
+    _require_test_hosts()
+    name = f"sdt-{os.getpid()}"
+    info = _up_or_fail(name)
+    try:
+        yield info
+    finally:
+        th.down(name)
+
+
+@pytest.fixture
+def fresh_testhost() -> Iterator[Callable[[], th.TestHostInfo]]:
+    """A factory: each call boots a new host of this test's own; all go down afterwards."""
+    _require_test_hosts()
+    names: list[str] = []
+
+    def make() -> th.TestHostInfo:
+        name = f"sdt-{os.getpid()}-{next(_host_numbers)}"
+        names.append(name)
+        return _up_or_fail(name)
+
+    yield make
+    errors = []
+    for name in names:
+        try:
+            th.down(name)
+        except th.TestHostError as exc:
+            errors.append(str(exc))
+    if errors:
+        pytest.fail("\n".join(errors), pytrace=False)

@@ -1,0 +1,396 @@
+"""`synthdet deploy` against a real systemd test host, checked from outside like the app.
+
+One host is deployed once (through the CLI, as a user would) and shared by the tests
+of this module, which run in file order and each leave it deployed and serving; the
+reboot and undeploy tests come last. CPU inference in the guest takes ~3 s an image.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import paramiko
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from bootstrap import deploy as deploy_lib
+from bootstrap.api import DeployOptions, DeployResult, ModelSpec, PipSource, SshTarget
+from bootstrap.contract import make_test_jpeg, parse_like_app, post_image, smoke
+from bootstrap.demo_model import write_demo_checkpoint
+from bootstrap.ssh import Connection, HostKeyChangedError, SshError, UploadVerificationError
+from bootstrap.steps.base import INFERENCE_PORT, MANAGEMENT_PORT, METRICS_PORT, MODEL_STORE, UNIT_NAME
+from tests.support import testhost as th
+
+pytestmark = pytest.mark.system
+
+REPO = Path(__file__).resolve().parents[2]
+# Generous: two CPU cores shared with TorchServe's warm-up.
+READY_TIMEOUT_S = 240.0
+
+
+@dataclass
+class Deployed:
+    info: th.TestHostInfo
+    target: SshTarget
+    options: DeployOptions
+    result: dict[str, object]  # the CLI's --json line
+    qr_png: Path
+    first_deploy_s: float
+
+    @property
+    def endpoint(self) -> str:
+        return str(self.result["endpoint"])
+
+
+def guest(info: th.TestHostInfo, cmd: str, timeout: float = 120) -> str:
+    rc, out, err = th.ssh_exec(info, cmd, timeout=timeout)
+    assert rc == 0, f"{cmd!r} failed in the guest ({rc}): {err or out}"
+    return out
+
+
+def service_pids(info: th.TestHostInfo) -> tuple[str, str]:
+    """(systemd's MainPID, the java frontend's pid): a restart changes both."""
+    main = guest(info, f"systemctl show -p MainPID --value {UNIT_NAME}").strip()
+    java = guest(info, "pgrep -u synthdet -x java || true").strip()
+    return main, java
+
+
+def served_sha(info: th.TestHostInfo, name: str = "synthdet") -> str:
+    return guest(info, f"sha256sum {MODEL_STORE}/{name}.mar").split()[0]
+
+
+def wait_serving(url: str, timeout_s: float = READY_TIMEOUT_S) -> float:
+    """Poll until one app-style request succeeds; returns the seconds it took."""
+    started = time.monotonic()
+    last: Exception | None = None
+    while time.monotonic() - started < timeout_s:
+        try:
+            smoke(url, timeout_s=60)
+            return time.monotonic() - started
+        except Exception as exc:  # noqa: BLE001 - any failure means "not yet"
+            last = exc
+            time.sleep(1.0)
+    raise AssertionError(f"{url} did not serve within {timeout_s:.0f} s: {last}")
+
+
+@pytest.fixture(scope="module")
+def host() -> Iterator[th.TestHostInfo]:
+    ok, reason = th.is_supported()
+    if not ok:
+        if os.environ.get("CI"):
+            pytest.fail(f"system tests must run in CI: {reason}")
+        pytest.skip(reason)
+    name = f"sdd-{os.getpid()}"
+    info = th.up(name)
+    try:
+        yield info
+    finally:
+        th.down(name)
+
+
+@pytest.fixture(scope="module")
+def deployed(
+    host: th.TestHostInfo, unity_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Deployed:
+    work = tmp_path_factory.mktemp("deploy")
+    known_hosts = work / "known_hosts"
+    qr_png = work / "qr.png"
+    argv = [
+        sys.executable,
+        "-m",
+        "bootstrap.cli",
+        "deploy",
+        "--host",
+        host.host,
+        "--user",
+        host.user,
+        "--key",
+        host.key,
+        "--port",
+        str(host.port),
+        "--known-hosts",
+        str(known_hosts),
+        "--model",
+        str(unity_checkpoint),
+        "--qr-png",
+        str(qr_png),
+        "--json",
+        *host.deploy_args,
+    ]
+    started = time.monotonic()
+    proc = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 0, f"deploy failed:\n{proc.stderr[-4000:]}\n{proc.stdout[-2000:]}"
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"first deploy: {elapsed:.1f} s")
+    find_links = host.deploy_args[host.deploy_args.index("--pip-find-links") + 1]
+    trusted = host.deploy_args[host.deploy_args.index("--pip-trusted-host") + 1]
+    target = SshTarget(host.host, host.user, Path(host.key), port=host.port, known_hosts=known_hosts)
+    options = DeployOptions(pip=PipSource(find_links=find_links, trusted_hosts=(trusted,)))
+    return Deployed(host, target, options, result, qr_png, elapsed)
+
+
+def redeploy(d: Deployed, models: list[ModelSpec]) -> tuple[DeployResult, float]:
+    started = time.monotonic()
+    result = deploy_lib.deploy(d.target, models, d.options)
+    return result, time.monotonic() - started
+
+
+# ------------------------------------------------------------------ the app's view
+def test_json_result_and_qr_payload_is_the_working_url(deployed: Deployed) -> None:
+    import zxingcpp
+    from PIL import Image
+
+    result = deployed.result
+    assert set(result) >= {"endpoint", "endpoints", "cert_sha256", "changed", "public_ip"}
+    assert result["endpoints"] == {"synthdet": deployed.endpoint}
+    decoded = zxingcpp.read_barcodes(Image.open(deployed.qr_png))
+    assert [code.text for code in decoded] == [deployed.endpoint]
+    # The decoded payload is what the app stores and POSTs to, unchanged.
+    response = post_image(decoded[0].text, make_test_jpeg(), timeout_s=60)
+    assert response.status_code == 200, response.text
+    assert isinstance(parse_like_app(response.content), list)
+
+
+def test_certificate_fingerprint_matches_what_the_server_presents(deployed: Deployed) -> None:
+    import ssl
+
+    from bootstrap.certs import fingerprint_sha256
+
+    pem = ssl.get_server_certificate((deployed.info.host, 443)).encode()
+    assert fingerprint_sha256(pem) == deployed.result["cert_sha256"]
+
+
+@pytest.mark.parametrize("size", [(1280, 960), (1280, 590)])
+def test_app_style_requests_over_https(deployed: Deployed, size: tuple[int, int]) -> None:
+    image = make_test_jpeg(*size)
+    result = smoke(deployed.endpoint, image=image, timeout_s=60)  # checks boxes in frame
+    assert result.status == 200
+
+
+def test_url_is_well_formed_for_the_app(deployed: Deployed) -> None:
+    url = httpx.URL(deployed.endpoint)
+    assert url.scheme == "https" and url.port is None  # :443 omitted
+    secret = url.path.split("/")[1]
+    assert len(secret) >= 24 and all(c.isalnum() or c in "-_" for c in secret)
+
+
+# ---------------------------------------------------------------- access control
+def test_wrong_or_missing_secret_is_404(deployed: Deployed) -> None:
+    url = httpx.URL(deployed.endpoint)
+    secret = url.path.split("/")[1]
+    base = f"https://{deployed.info.host}"
+    wrong = secret[:-4] + ("AAAA" if not secret.endswith("AAAA") else "BBBB")
+    image = make_test_jpeg(320, 240)
+    for path in [
+        "/predictions/synthdet",
+        f"/{wrong}/predictions/synthdet",
+        f"/predictions/synthdet?secret={secret}",
+        "/ping",
+        "/models",
+        "/metrics",
+        "/",
+        f"/{secret}/predictions/not-deployed",
+        f"/{secret}/models",
+    ]:
+        response = post_image(base + path, image, timeout_s=10)
+        assert response.status_code == 404, f"{path}: {response.status_code}"
+    # The right secret with the wrong method is refused too (only POST predicts).
+    with httpx.Client(verify=False, timeout=10) as client:
+        assert client.get(deployed.endpoint).status_code in (403, 405)
+        assert client.get(f"{base}/{secret}/ping").status_code == 200
+
+
+def test_missing_content_type_is_not_a_torchserve_500(deployed: Deployed) -> None:
+    with httpx.Client(verify=False, timeout=60) as client:
+        response = client.post(deployed.endpoint, content=make_test_jpeg(640, 480))
+    assert response.status_code == 200, response.text
+
+
+def test_torchserve_ports_are_not_reachable_from_outside(deployed: Deployed) -> None:
+    info = deployed.info
+    # Inside, TorchServe listens, but only on loopback.
+    listening = guest(info, "ss -ltnH")
+    for port in (INFERENCE_PORT, MANAGEMENT_PORT, METRICS_PORT):
+        lines = [ln for ln in listening.splitlines() if f":{port} " in ln]
+        assert lines, f"nothing listens on {port} in the guest:\n{listening}"
+        # Java shows IPv4 loopback as [::ffff:127.0.0.1]; either way, loopback only.
+        assert all(ln.split()[3].rsplit(":", 1)[0].strip("[]").endswith("127.0.0.1") for ln in lines), lines
+    # Outside, only 22 and 443 answer.
+    for port in (80, 8080, 8081, 8082, INFERENCE_PORT, MANAGEMENT_PORT, METRICS_PORT):
+        with socket.socket() as sock:
+            sock.settimeout(3)
+            assert sock.connect_ex((info.host, port)) != 0, f"port {port} is open"
+
+
+def test_changed_host_key_is_refused(deployed: Deployed, tmp_path: Path) -> None:
+    forged = tmp_path / "known_hosts"
+    keys = paramiko.HostKeys()
+    keys.add(deployed.info.host, "ssh-ed25519", _other_key())
+    keys.save(str(forged))
+    target = SshTarget(deployed.info.host, "root", Path(deployed.info.key), known_hosts=forged)
+    with pytest.raises(HostKeyChangedError, match="ssh-keygen -R"):
+        Connection.open(target, wait_timeout_s=5)
+
+
+def _other_key() -> paramiko.PKey:
+    """A fresh ed25519 key: what a man in the middle (or a rebuilt host) would present."""
+    pem = (
+        ed25519.Ed25519PrivateKey.generate()
+        .private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
+        .decode()
+    )
+    return paramiko.Ed25519Key.from_private_key(io.StringIO(pem))
+
+
+# ------------------------------------------------------------------ idempotence
+def test_rerun_is_a_quick_no_op(deployed: Deployed, unity_checkpoint: Path) -> None:
+    before = service_pids(deployed.info)
+    result, elapsed = redeploy(deployed, [ModelSpec("synthdet", unity_checkpoint)])
+    print(f"rerun (no-op): {elapsed:.1f} s")
+    assert not result.changed, result.steps
+    assert all(not changed for _, changed in result.steps)
+    assert result.endpoint == deployed.endpoint
+    assert result.cert_sha256 == deployed.result["cert_sha256"]
+    assert service_pids(deployed.info) == before
+
+
+def test_kill_9_of_torchserve_is_healed(deployed: Deployed) -> None:
+    info = deployed.info
+    _, java = service_pids(info)
+    restarts = int(guest(info, f"systemctl show -p NRestarts --value {UNIT_NAME}"))
+    guest(info, f"kill -9 {java}")
+    healed_s = wait_serving(deployed.endpoint)
+    print(f"kill -9 healed in {healed_s:.1f} s")
+    assert int(guest(info, f"systemctl show -p NRestarts --value {UNIT_NAME}")) > restarts
+    assert service_pids(info)[1] != java
+
+
+# ---------------------------------------------------------------- model updates
+def test_dropped_connection_then_rerun_converges_with_only_a_model_reload(
+    deployed: Deployed, other_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    info = deployed.info
+    old_sha = served_sha(info)
+    pids = service_pids(info)
+    real_put = Connection.put
+
+    def dropping_put(self, source, remote_path, size, callback=None):  # type: ignore[no-untyped-def]
+        def cut(sent: int, total: int) -> None:
+            if sent > total // 2:
+                self.client.get_transport().close()  # the network goes away mid-upload
+
+        return real_put(self, source, remote_path, size, cut)
+
+    monkeypatch.setattr(Connection, "put", dropping_put)
+    with pytest.raises(SshError):
+        redeploy(deployed, [ModelSpec("synthdet", other_checkpoint)])
+    monkeypatch.setattr(Connection, "put", real_put)
+    # The half-sent archive was never moved into place: the old model still serves.
+    assert served_sha(info) == old_sha
+    smoke(deployed.endpoint, timeout_s=60)
+
+    result, elapsed = redeploy(deployed, [ModelSpec("synthdet", other_checkpoint)])
+    print(f"model change after a dropped connection: {elapsed:.1f} s")
+    steps = dict(result.steps)
+    assert steps["upload-model"] and steps["torchserve"]
+    assert served_sha(info) != old_sha
+    assert service_pids(info) == pids, "a model change must not restart TorchServe"
+    assert guest(info, f"ls -A {MODEL_STORE}").split() == ["synthdet.mar"]  # no partials
+    smoke(result.endpoint, timeout_s=60)
+
+
+def test_corrupted_upload_is_detected_and_never_served(
+    deployed: Deployed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    info = deployed.info
+    served = served_sha(info)
+    checkpoint = write_demo_checkpoint(tmp_path / "third.pth", seed=2)
+    real_put = Connection.put
+
+    def corrupting_put(self, source, remote_path, size, callback=None):  # type: ignore[no-untyped-def]
+        real_put(self, source, remote_path, size, callback)
+        if ".mar.part-" in remote_path:  # flip one byte of the uploaded archive
+            guest(info, f"printf X | dd of={remote_path} bs=1 seek=1000 conv=notrunc 2>/dev/null")
+
+    monkeypatch.setattr(Connection, "put", corrupting_put)
+    with pytest.raises(UploadVerificationError, match="corrupt"):
+        redeploy(deployed, [ModelSpec("synthdet", checkpoint)])
+    assert served_sha(info) == served
+    assert guest(info, f"ls -A {MODEL_STORE}").split() == ["synthdet.mar"]
+    smoke(deployed.endpoint, timeout_s=60)
+
+
+def test_several_models_side_by_side_then_one_removed(
+    deployed: Deployed, unity_checkpoint: Path, other_checkpoint: Path
+) -> None:
+    info = deployed.info
+    pids = service_pids(info)
+    both = [ModelSpec("synthdet", other_checkpoint), ModelSpec("second", unity_checkpoint)]
+    result, _ = redeploy(deployed, both)
+    assert set(result.endpoints) == {"synthdet", "second"}
+    assert result.endpoints["second"] != result.endpoints["synthdet"]
+    for url in result.endpoints.values():
+        smoke(url, timeout_s=60)
+
+    result, _ = redeploy(deployed, [ModelSpec("synthdet", other_checkpoint)])
+    assert (
+        post_image(
+            result.endpoint.replace("/synthdet", "/second"), make_test_jpeg(), timeout_s=10
+        ).status_code
+        == 404
+    )
+    assert guest(info, f"ls -A {MODEL_STORE}").split() == ["synthdet.mar"]
+    assert service_pids(info) == pids
+    smoke(result.endpoint, timeout_s=60)
+
+
+# --------------------------------------------------------------- reboot, undeploy
+def test_reboot_brings_the_endpoint_back(deployed: Deployed) -> None:
+    started = time.monotonic()
+    th.reboot(deployed.info.name)
+    back_s = wait_serving(deployed.endpoint)
+    print(
+        f"reboot: endpoint serving {time.monotonic() - started:.1f} s after `reboot` "
+        f"({back_s:.1f} s after SSH was back)"
+    )
+
+
+def test_undeploy_removes_what_deploy_installed(deployed: Deployed) -> None:
+    info = deployed.info
+    deploy_lib.undeploy(deployed.target, deployed.options)
+    leftovers = guest(
+        info,
+        "ls -d /opt/synthdet /var/lib/synthdet /etc/synthdet /var/log/synthdet "
+        f"/etc/systemd/system/{UNIT_NAME} /etc/nginx/sites-enabled/synthdet 2>/dev/null; "
+        "id -u synthdet 2>/dev/null; true",
+    )
+    assert leftovers.strip() == ""
+    assert guest(info, "readlink /etc/nginx/sites-enabled/default").strip()  # restored
+    with socket.socket() as sock:
+        sock.settimeout(3)
+        assert sock.connect_ex((info.host, 443)) != 0
+    # Undeploy twice is fine.
+    deploy_lib.undeploy(deployed.target, deployed.options)
