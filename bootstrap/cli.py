@@ -12,6 +12,8 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -317,6 +319,72 @@ def smoke(
             f"[green]OK[/]: HTTP {result.status} in {result.latency_ms:.0f} ms, "
             f"{len(result.detections)} detections, contract satisfied"
         )
+
+
+@app.command()
+def bench(
+    url: Annotated[str, typer.Argument(help="Endpoint URL, exactly as the app stores it.")],
+    phones: Annotated[int, typer.Option(min=1, max=200, help="Simulated phones running the app.")] = 1,
+    duration: Annotated[float, typer.Option(min=0.2, help="Seconds of frames to send.")] = 30.0,
+    timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds per request (the app's 2 s; CPU servers need more).")
+    ] = 2.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Load an endpoint like N phones running the app: 5 frames/s, 5 in flight, 2 s timeout."""
+    from bootstrap.bench import BenchConfig, run_bench
+    from bootstrap.contract import _redact
+
+    config = BenchConfig(url=url, phones=phones, duration_s=duration, timeout_s=timeout)
+    with _bench_progress(duration) as on_tick:
+        result = run_bench(config, on_tick)
+    if as_json:
+        typer.echo(json.dumps(result.to_json()))
+    else:
+        _print_bench(_redact(url), result)
+    if result.ok == 0:
+        raise typer.Exit(1)
+
+
+@contextmanager
+def _bench_progress(duration: float) -> Iterator[Callable[[Any, float], None]]:
+    """A progress bar on stderr over the run's duration, with live counts."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("benchmarking", total=duration)
+
+        def on_tick(tally: Any, elapsed: float) -> None:
+            text = (
+                f"sent {tally.sent}  ok {len(tally.latencies_ms)}  "
+                f"timeouts {tally.timeouts}  errors {tally.errors}"
+            )
+            progress.update(task, completed=min(elapsed, duration), description=text)
+
+        yield on_tick
+
+
+def _print_bench(url: str, result: Any) -> None:
+    def ms(value: float | None) -> str:
+        return "-" if value is None else f"{value:.0f} ms"
+
+    table = Table(title=f"{url}: {result.phones} phone(s), {result.duration_s:g} s")
+    for name in ("p50", "p90", "p99", "throughput", "ok", "timeouts", "errors", "dropped frames"):
+        table.add_column(name, justify="right")
+    table.add_row(
+        ms(result.p50_ms),
+        ms(result.p90_ms),
+        ms(result.p99_ms),
+        f"{result.throughput_rps:.2f}/s",
+        str(result.ok),
+        str(result.timeouts),
+        str(result.errors),
+        str(result.dropped_frames),
+    )
+    Console(highlight=False).print(table)
+    for sample in result.error_samples:
+        console.print(f"[red]error:[/] {sample}")
 
 
 @app.command()

@@ -16,6 +16,7 @@ from pathlib import Path
 from bootstrap.api import DeployOptions, DeployResult, ModelSpec, Progress, SshTarget
 from bootstrap.certs import fingerprint_sha256
 from bootstrap.facts import gather_host_facts
+from bootstrap.local_runner import LocalRunner
 from bootstrap.ssh import Connection
 from bootstrap.steps import STEPS, packages, upload_model
 from bootstrap.steps.base import (
@@ -38,7 +39,7 @@ from bootstrap.steps.base import (
 )
 from bootstrap.steps.health import model_url
 
-__all__ = ["DeployError", "deploy", "undeploy"]
+__all__ = ["DeployError", "deploy", "run_steps", "undeploy"]
 
 
 def _open(target: SshTarget, options: DeployOptions, progress: Progress) -> Connection:
@@ -69,29 +70,43 @@ def deploy(
         # Build first: a bad checkpoint fails before minutes of waiting for SSH.
         built = upload_model.build(models, options, Path(work), progress)
         with _open(target, options, progress) as conn:
-            progress.status("reading host facts (OS, GPU, driver, Python, torch)")
-            facts = gather_host_facts(conn)
-            state = HostState.from_json(conn.read_file(STATE_FILE))
-            ctx = Context(
-                conn=conn,
-                facts=facts,
-                models=models,
-                options=options,
-                public_address=options.public_address or target.host,
-                state=state,
-                progress=progress,
-                archives={name: mar for name, (mar, _) in built.items()},
-                archive_sha256={name: sha for name, (_, sha) in built.items()},
-            )
-            steps: list[tuple[str, bool]] = []
-            for step in STEPS:
-                progress.status(f"{step.NAME} ...")
-                result = step.apply(ctx)
-                steps.append((result.name, result.changed))
-                progress.step_done(result.name, result.changed, result.detail)
-                if step is not packages:  # /etc/synthdet exists from `layout` on
-                    # Remember what was done so far: undeploy and reruns read it.
-                    write_state(ctx)
+            return run_steps(conn, models, options, progress, built, options.public_address or target.host)
+
+
+def run_steps(
+    conn: Connection | LocalRunner,
+    models: Sequence[ModelSpec],
+    options: DeployOptions,
+    progress: Progress,
+    built: dict[str, tuple[Path, str]],
+    public_address: str,
+) -> DeployResult:
+    """Every step, in order, through `conn`: over SSH (`deploy`) or on this machine at boot
+    (`bootstrap.boot_local`, behind a cloud load balancer). `built`: name -> (.mar, sha256)."""
+    models = tuple(models)
+    progress.status("reading host facts (OS, GPU, driver, Python, torch)")
+    facts = gather_host_facts(conn)  # type: ignore[arg-type]
+    state = HostState.from_json(conn.read_file(STATE_FILE))
+    ctx = Context(
+        conn=conn,  # type: ignore[arg-type]
+        facts=facts,
+        models=models,
+        options=options,
+        public_address=public_address,
+        state=state,
+        progress=progress,
+        archives={name: mar for name, (mar, _) in built.items()},
+        archive_sha256={name: sha for name, (_, sha) in built.items()},
+    )
+    steps: list[tuple[str, bool]] = []
+    for step in STEPS:
+        progress.status(f"{step.NAME} ...")
+        result = step.apply(ctx)
+        steps.append((result.name, result.changed))
+        progress.step_done(result.name, result.changed, result.detail)
+        if step is not packages:  # /etc/synthdet exists from `layout` on
+            # Remember what was done so far: undeploy and reruns read it.
+            write_state(ctx)
 
     endpoints = {spec.name: model_url(ctx, spec.name) for spec in models}
     host = dict(facts.summary())

@@ -160,6 +160,19 @@ class PythonProbe:
     def has_torch(self) -> bool:
         return self.torch is not None and self.torchvision is not None
 
+    @property
+    def version(self) -> tuple[int, ...]:
+        """(3, 8, 10): what the service-Python policy compares (bootstrap/python_select.py)."""
+        return parse_python_version(self.python_version)
+
+
+def parse_python_version(text: str) -> tuple[int, ...]:
+    """'3.11.2' -> (3, 11, 2); 'Python 3.8.10' -> (3, 8, 10); '' or garbage -> ()."""
+    m = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", text)
+    if not m:
+        return ()
+    return tuple(int(g) for g in m.groups() if g is not None)
+
 
 def parse_torch_probe(text: str) -> PythonProbe | None:
     """The last JSON line TORCH_PROBE printed (warnings may come before it)."""
@@ -186,6 +199,72 @@ def parse_torch_probe(text: str) -> PythonProbe | None:
             error=d.get("torch_error") or d.get("torchvision_error"),
         )
     return None
+
+
+# --------------------------------------------------- other interpreters
+@dataclass(frozen=True)
+class HostPython:
+    """An interpreter found on the host besides the image's (python3.11 on PATH, uv's)."""
+
+    path: str
+    version: tuple[int, ...]
+    # venv + ensurepip importable: `python -m venv` works (Debian splits them out).
+    has_venv: bool
+
+
+# Prints "PATH VERSION VENV" for each interpreter that runs; `{names}` are
+# command names or absolute paths (an unmatched glob is skipped by `command -v`).
+# Written for any python3 >= 3.0: the point is to find out the version.
+_INTERPRETER_SNIPPET = (
+    "import sys\n"
+    "try:\n"
+    "    import venv, ensurepip\n"
+    "    v = 1\n"
+    "except Exception:\n"
+    "    v = 0\n"
+    "print('%s %d.%d.%d %d' % ((sys.executable,) + tuple(sys.version_info[:3]) + (v,)))"
+)
+
+
+def interpreter_query(names: tuple[str, ...]) -> str:
+    """Shell that reports every interpreter in `names` that exists and runs."""
+    snippet = shlex.quote(_INTERPRETER_SNIPPET)
+    return (
+        f"for p in {' '.join(names)}; do "
+        'p="$(command -v "$p")" || continue; '
+        f'"$p" -c {snippet} 2>/dev/null || true; done'
+    )
+
+
+def parse_interpreters(text: str) -> list[HostPython]:
+    """Lines of interpreter_query into HostPython, first occurrence of a path kept."""
+    found: list[HostPython] = []
+    seen: set[str] = set()
+    for line in text.splitlines():
+        m = re.fullmatch(r"\s*(/\S+)\s+(\d+\.\d+\.\d+)\s+([01])\s*", line)
+        if not m or m.group(1) in seen:
+            continue
+        seen.add(m.group(1))
+        found.append(HostPython(m.group(1), parse_python_version(m.group(2)), m.group(3) == "1"))
+    return found
+
+
+def parse_apt_candidates(text: str) -> dict[str, str]:
+    """`apt-cache policy PKG...` -> {package: candidate version} for those apt can install.
+
+    Unknown packages print nothing; known ones without a candidate say '(none)'.
+    """
+    candidates: dict[str, str] = {}
+    package = None
+    for line in text.splitlines():
+        header = re.fullmatch(r"(\S+):", line.rstrip())
+        if header:
+            package = header.group(1)
+            continue
+        m = re.fullmatch(r"\s+Candidate:\s*(\S+)\s*", line)
+        if m and package and m.group(1) != "(none)":
+            candidates[package] = m.group(1)
+    return candidates
 
 
 # ------------------------------------------------------- services / files

@@ -37,7 +37,7 @@ def request_bytes(request: Mapping[str, Any]) -> bytes:
         raise EmptyBody(
             f"form fields {fields} received: send the image as the raw body or in a form field named 'data'"
         )
-    if payload is None or len(payload) == 0:
+    if payload is None or (isinstance(payload, (bytes, bytearray, memoryview, str)) and len(payload) == 0):
         raise EmptyBody("empty request body: POST the image bytes (JPEG or PNG)")
     if isinstance(payload, (bytes, bytearray, memoryview)):
         return bytes(payload)
