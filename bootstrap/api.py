@@ -90,6 +90,9 @@ class DeployOptions:
     work_dir: Path | None = None
     # Allow apt-get to install missing system packages (JRE, nginx, python3-venv).
     install_system_packages: bool = True
+    # Interpreter (on the host) for the service venv; None: the image's when it is
+    # >= 3.10, else one found or installed (bootstrap/python_select.py).
+    python: str | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.public_port <= 65535:

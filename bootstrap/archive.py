@@ -49,6 +49,7 @@ def model_config(serving: ServingSettings) -> dict[str, Any]:
             "score_threshold": serving.score_threshold,
             "max_image_pixels": serving.max_image_pixels,
             "precision": serving.precision,
+            "channels_last": serving.channels_last,
             "warmup_sizes": [list(size) for size in serving.warmup_sizes],
         },
     }
@@ -143,7 +144,12 @@ def _run_archiver(model_name: str, weights: Path, extra: Path, config: Path, exp
         "--archive-format",
         "no-archive",
     ]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    # The archiver stages files in $TMPDIR/<model name>: give each build its own
+    # TMPDIR, or two builds of the same model name at once would mix their files.
+    scratch = export.parent / "archiver-tmp"
+    scratch.mkdir()
+    env = {**os.environ, "TMPDIR": str(scratch)}
+    result = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
     if result.returncode != 0:
         raise ArchiveError(
             f"torch-model-archiver failed ({result.returncode}): "

@@ -149,6 +149,13 @@ def deploy(
     torch_version: Annotated[
         str | None, typer.Option(help="Pin the torch the bootstrap installs (when it must).")
     ] = None,
+    python: Annotated[
+        str | None,
+        typer.Option(
+            help="Python on the host for the service venv (>= 3.10; default: the image's, "
+            "else python3.1x or one installed with apt/uv)."
+        ),
+    ] = None,
     settings: Annotated[
         Path | None, typer.Option(help="YAML/JSON file of serving settings (ServingSettings).")
     ] = None,
@@ -186,6 +193,7 @@ def deploy(
             ssh_wait_timeout_s=ssh_wait,
             torch_index_url=torch_index_url,
             torch_version=torch_version,
+            python=python,
             smoke=smoke,
         )
         specs = [ModelSpec.parse(m) for m in model]

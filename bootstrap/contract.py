@@ -94,7 +94,8 @@ def _detection(item: Any, index: int) -> Detection:
     where = f"element {index}"
     if not isinstance(item, dict):
         raise ContractError(f"{where} is not an object")
-    label, label_id, score, box = (item.get(key) for key in ("label", "label_id", "score", "box"))
+    label, label_id, box = item.get("label"), item.get("label_id"), item.get("box")
+    score: Any = item.get("score")
     if not isinstance(label, str) or not label:
         raise ContractError(f"{where}: 'label' must be a class name string, got {label!r}")
     if not isinstance(label_id, int) or isinstance(label_id, bool):

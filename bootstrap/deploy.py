@@ -38,6 +38,7 @@ from bootstrap.steps.base import (
     write_state,
 )
 from bootstrap.steps.health import model_url
+from bootstrap.steps.nginx import NGINX_DROPIN
 
 __all__ = ["DeployError", "deploy", "run_steps", "undeploy"]
 
@@ -132,7 +133,7 @@ def undeploy_script(state: HostState, *, keep_packages: bool = False) -> str:
     q = shlex.quote
     lines = [
         f"systemctl disable --now {UNIT_NAME} 2>/dev/null || true",
-        f"rm -f {UNIT_FILE}",
+        f"rm -f {UNIT_FILE} {NGINX_DROPIN}",
         "systemctl daemon-reload",
         f"systemctl reset-failed {UNIT_NAME} 2>/dev/null || true",
         f"rm -f {NGINX_SITE_LINK} {NGINX_SITE}",

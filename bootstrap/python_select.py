@@ -49,6 +49,7 @@ PYTHON_DIR = f"{OPT_DIR}/python"
 UV_DIR = f"{OPT_DIR}/uv"
 # uv's own variable: a mirror of python-build-standalone's release downloads.
 MIRROR_ENV = "UV_PYTHON_INSTALL_MIRROR"
+UV_READY = "SYNTHDET-UV-READY"
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,9 @@ def try_apt(ctx: Context) -> str:
     return ""
 
 
-def uv_install_script(pip_args: list[str], base_python: str) -> str:
+def uv_install_script(
+    pip_args: list[str], base_python: str, uv_dir: str = UV_DIR, python_dir: str = PYTHON_DIR
+) -> str:
     """Shell: get uv (PATH, or pip into a small venv under /opt/synthdet), install Python."""
     q = shlex.quote
     pip = " ".join(q(a) for a in pip_args)
@@ -180,25 +183,29 @@ def uv_install_script(pip_args: list[str], base_python: str) -> str:
         [
             "set -e",
             "uv=$(command -v uv || true)",
-            f'if [ -z "$uv" ] && [ ! -x {UV_DIR}/bin/uv ]; then',
+            f'if [ -z "$uv" ] && [ ! -x {uv_dir}/bin/uv ]; then',
             # A venv needs python3-venv; without it pip --target puts uv in the same bin/.
-            f"  rm -rf {UV_DIR}",
-            f"  if {py} -m venv {UV_DIR} >/dev/null 2>&1; then",
-            f"    {UV_DIR}/bin/python -m pip install --disable-pip-version-check -q {pip} uv",
+            f"  rm -rf {uv_dir}",
+            f"  if {py} -m venv {uv_dir} >/dev/null 2>&1; then",
+            f"    {uv_dir}/bin/python -m pip install --disable-pip-version-check -q {pip} uv",
             "  else",
-            f"    rm -rf {UV_DIR}",
-            f"    {py} -m pip install --disable-pip-version-check -q --target {UV_DIR} {pip} uv",
+            f"    rm -rf {uv_dir}",
+            f"    {py} -m pip install --disable-pip-version-check -q --target {uv_dir} {pip} uv",
             "  fi",
             "fi",
-            f'[ -n "$uv" ] || uv={UV_DIR}/bin/uv',
+            f'[ -n "$uv" ] || uv={uv_dir}/bin/uv',
+            # Tells a package-index failure from a download failure (try_uv).
+            f"echo {UV_READY}",
             f'"$uv" python install {UV_VERSION}',
+            # The service user runs it: a hardened umask (027) must not hide it.
+            f"chmod -R a+rX {python_dir}",
         ]
     )
 
 
-def uv_env() -> dict[str, str]:
+def uv_env(python_dir: str = PYTHON_DIR) -> dict[str, str]:
     """Where uv puts interpreters (and their bin links), plus the mirror if one is set here."""
-    env = {"UV_PYTHON_INSTALL_DIR": PYTHON_DIR, "UV_PYTHON_BIN_DIR": f"{PYTHON_DIR}/bin"}
+    env = {"UV_PYTHON_INSTALL_DIR": python_dir, "UV_PYTHON_BIN_DIR": f"{python_dir}/bin"}
     mirror = os.environ.get(MIRROR_ENV)
     if mirror:
         env[MIRROR_ENV] = mirror
@@ -209,22 +216,26 @@ def try_uv(ctx: Context, pip_args: list[str]) -> str:
     """Install Python with uv; '' or why not (uv needs PyPI/a mirror, then GitHub/a mirror)."""
     base = ctx.facts.pythons[0].python if ctx.facts.pythons else "python3"
     ctx.progress.status(f"installing Python {UV_VERSION} with uv into {PYTHON_DIR}")
-    res = ctx.conn.run(uv_install_script(pip_args, base), check=False, timeout_s=1200, env=uv_env())
+    env = uv_env()
+    res = ctx.conn.run(uv_install_script(pip_args, base), check=False, timeout_s=1200, env=env)
     if res.ok:
         return ""
-    where = "a mirror's" if MIRROR_ENV in uv_env() else "GitHub's (no internet?)"
-    return (
-        f"uv: could not install Python {UV_VERSION} from {where} python-build-standalone "
-        f"or get uv from the package index: {(res.stderr or res.stdout).strip()[-400:]}"
-    )
+    tail = (res.stderr or res.stdout).strip()[-700:]
+    if UV_READY not in res.stdout:
+        return (
+            "uv: could not pip-install uv from the package index (check --pip-index-url / "
+            f"--pip-find-links): {tail}"
+        )
+    source = f"the mirror {env[MIRROR_ENV]}" if MIRROR_ENV in env else "GitHub (no internet?)"
+    return f"uv: could not download Python {UV_VERSION} (python-build-standalone) from {source}: {tail}"
 
 
 def resolve(ctx: Context, pip_args: list[str]) -> SelectedPython:
     """The interpreter for the service venv, installing one if the image's is too old."""
     facts = ctx.facts
     if ctx.options.python:
-        found = find_on_host(ctx, (shlex.quote(ctx.options.python),))
-        return from_override(facts, ctx.options.python, found)
+        probes = find_on_host(ctx, (shlex.quote(ctx.options.python),))
+        return from_override(facts, ctx.options.python, probes)
     image = from_image(facts)
     if image is not None:
         return image
@@ -239,5 +250,5 @@ def resolve(ctx: Context, pip_args: list[str]) -> SelectedPython:
         found = None if why else pick_host(find_on_host(ctx, host_candidates()))
         if found is not None:
             return SelectedPython(found.path, version_text(found.version), source)
-        tried.append(why or f"{source}: installed, but no usable Python {UV_VERSION} after it")
+        tried.append(why or f"{source}: installed, but found no usable Python >= 3.10 after it")
     raise too_old_error(facts, tried)

@@ -41,28 +41,34 @@ class ServingSettings(BaseModel):
         "(the original server used 0.5; the app filters again at 0.5-1.0).",
     )
     batch_size: int = Field(
-        4,
+        5,
         ge=1,
         le=64,
-        description="Requests TorchServe may group into one forward pass.",
+        description="Requests TorchServe may group into one forward pass: one phone's 5 in flight "
+        "(same-sized frames share a pass; on a CPU, which gains no throughput from batching, "
+        "1 gives the lowest latency).",
     )
     max_batch_delay_ms: int = Field(
-        10,
+        5,
         ge=0,
         le=1000,
-        description="How long TorchServe waits to fill a batch.",
+        description="How long TorchServe waits to fill a batch; a lone frame (one phone, 5 fps) "
+        "always waits this long, so it stays small next to a GPU forward pass.",
     )
     workers: int | None = Field(
         None,
         ge=1,
         le=16,
-        description="Model workers; default: one per GPU, or one on CPU.",
+        description="Model workers; default: one per GPU, or one on CPU "
+        "(`synthdet serve` on CPU: one per 8 cores, the cores split among them).",
     )
     response_timeout_s: int = Field(
-        30,
+        120,
         ge=1,
         le=600,
-        description="TorchServe restarts a worker whose batch takes longer than this.",
+        description="TorchServe kills and restarts a worker whose batch takes longer than "
+        "this; generous, because a restart (model reload) costs far more than a slow batch "
+        "on a busy CPU.",
     )
     startup_timeout_s: int = Field(
         300,
@@ -92,9 +98,16 @@ class ServingSettings(BaseModel):
         "fp32",
         description="fp32 everywhere; fp16 (GPU) or bf16 (CPU/GPU) autocast as an opt-in.",
     )
+    channels_last: bool = Field(
+        True,
+        description="Backbone in channels_last memory layout. On CPU about 1.2x faster with "
+        "the same detections up to float rounding (boxes within 0.05 px, scores within 5e-4); "
+        "on GPU it is applied with fp16/bf16 only, where tensor cores want it.",
+    )
     warmup_sizes: tuple[tuple[int, int], ...] = Field(
         ((1280, 960), (1280, 720)),
-        description="(width, height) images run once at load so the first request is not slow.",
+        description="(width, height) images run once at load so the first request is not slow "
+        "(on a GPU every size, for cudnn; a CPU worker runs the first only).",
     )
     java_heap_mb: int = Field(
         512,

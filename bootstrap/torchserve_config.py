@@ -24,12 +24,19 @@ def render_config_properties(
     certificate_file: str | None = None,
     private_key_file: str | None = None,
     enable_model_api: bool = False,
+    grpc_ports: tuple[int, int] = (7070, 7071),
 ) -> str:
     """`models` maps a model name to its .mar file name inside `model_store`."""
     properties: dict[str, str] = {
         "inference_address": inference_address,
         "management_address": management_address,
         "metrics_address": metrics_address,
+        # TorchServe always starts gRPC too (it cannot be switched off): keep it
+        # on loopback, on ports the caller picks so two servers can coexist.
+        "grpc_inference_address": "127.0.0.1",
+        "grpc_inference_port": str(grpc_ports[0]),
+        "grpc_management_address": "127.0.0.1",
+        "grpc_management_port": str(grpc_ports[1]),
         "model_store": model_store,
         "load_models": ",".join(f"{name}={archive}" for name, archive in sorted(models.items())),
         "default_workers_per_model": str(serving.workers or workers_per_model),

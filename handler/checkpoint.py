@@ -41,7 +41,7 @@ class _YacsConfigNode:
         return OrderedDict()
 
 
-_ALLOWED_GLOBALS = [(_YacsConfigNode, "yacs.config.CfgNode")]
+_ALLOWED_GLOBALS: list[Any] = [(_YacsConfigNode, "yacs.config.CfgNode")]
 
 
 def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], Mapping[str, Any] | None]:

@@ -25,6 +25,7 @@ ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 # Faster R-CNN resizes the short side to 800 px with the long side capped at
 # 1333; beyond this ratio the short side would shrink to a few pixels.
 MAX_ASPECT_RATIO = 100
+EXIF_ORIENTATION = 0x0112  # nvJPEG ignores it; PIL applies it
 
 
 def request_bytes(request: Mapping[str, Any]) -> bytes:
@@ -114,7 +115,38 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
     """RGB PIL image to a float CHW tensor in [0, 1].
 
     The same arithmetic as torchvision's `ToTensor` (uint8 -> float32, divide
-    by 255), so detections match a reference pipeline bit for bit.
+    by 255), so detections match a reference pipeline bit for bit. Fewer passes
+    over the pixels: PIL's buffer is viewed, not copied again, and the HWC ->
+    CHW transpose happens in the same pass as the conversion to float.
     """
-    pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous()
-    return pixels.to(torch.float32).div_(255)
+    with warnings.catch_warnings():
+        # PIL hands numpy a read-only buffer; it is only ever read here.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8))
+    height, width, _ = pixels.shape
+    out = torch.empty((3, height, width), dtype=torch.float32)
+    out.copy_(pixels.permute(2, 0, 1))
+    return out.div_(255)
+
+
+def jpeg_for_gpu(raw: bytes, max_pixels: int) -> bool:
+    """Whether nvJPEG may decode these bytes: a plain RGB JPEG within the limits, no EXIF rotation.
+
+    Reads the header only. Anything else (and any doubt) takes the PIL path,
+    which applies every check and answers bad input with its 4xx.
+    """
+    if not raw.startswith(b"\xff\xd8"):
+        return False
+    try:
+        image = _open(raw)
+        width, height = image.size
+        rotated = image.getexif().get(EXIF_ORIENTATION, 1) != 1
+    except Exception:  # a header PIL cannot read is the PIL path's to report
+        return False
+    return (
+        image.format == "JPEG"
+        and image.mode == "RGB"
+        and width * height <= max_pixels
+        and max(width, height) <= MAX_ASPECT_RATIO * min(width, height)
+        and not rotated
+    )

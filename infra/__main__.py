@@ -24,16 +24,22 @@ if _REPO not in sys.path:
 import pulumi  # noqa: E402
 import pulumi_random as random  # noqa: E402
 
+from bootstrap.boot_local import boot_config  # noqa: E402
+from bootstrap.bundle import build_bundle  # noqa: E402
+from bootstrap.startup_script import config_json, config_models  # noqa: E402
 from infra.aws import AwsGpuHost, AwsGpuHostArgs  # noqa: E402
 from infra.bootstrap_resource import Bootstrap, BootstrapArgs  # noqa: E402
 from infra.config import Settings, read_settings  # noqa: E402
 from infra.existing import ExistingHost, ExistingHostArgs  # noqa: E402
 from infra.fingerprint import deploy_fingerprints  # noqa: E402
+from infra.fleet import Fleet  # noqa: E402
 from infra.gcp import GcpGpuHost, GcpGpuHostArgs  # noqa: E402
 from infra.host import Host  # noqa: E402
 from infra.images import select_image  # noqa: E402
 from infra.network import resolve_cidrs  # noqa: E402
 from infra.pricing import load_prices  # noqa: E402
+from infra.replicas_aws import AwsFleet, AwsFleetArgs  # noqa: E402
+from infra.replicas_gcp import GcpFleet, GcpFleetArgs  # noqa: E402
 
 NAME = "synthdet"
 KNOWN_HOSTS_DIR = Path.home() / ".config" / "synthdet" / "known_hosts.d"
@@ -165,6 +171,10 @@ def export_outputs(settings: Settings, host: Host, bootstrap: Bootstrap) -> None
     pulumi.export("hourly_cost_usd", host.hourly_cost_usd)
     pulumi.export("hourly_cost_as_of", load_prices().as_of.isoformat())
 
+    export_qr(settings, endpoint)
+
+
+def export_qr(settings: Settings, endpoint: pulumi.Output[str]) -> None:
     qr = endpoint.apply(qr_text)
     if settings.stack.show_qr:
         # The QR is for the deployer's screen: shown at the end of `pulumi up` and by
@@ -210,8 +220,103 @@ def _label(value: str) -> str:
     return re.sub(r"[^a-z0-9_-]", "-", value.lower())[:63]
 
 
+def build_fleet(settings: Settings, url_secret: pulumi.Output[str]) -> Fleet:
+    """Replicas behind the cloud's load balancer; each bootstraps itself from the bucket."""
+    stack, providers = settings.stack, settings.providers
+    models = stack.model_specs()
+    serving = stack.serving_settings
+    serving_json = serving.model_dump(mode="json")
+    deploy_fingerprints(models, serving_json)  # a missing checkpoint fails here, clearly
+    # The wheel of this project and every model archive, built here, uploaded to the bucket.
+    bundle = build_bundle(models, serving)
+    pip = stack.pip_source()
+    config = url_secret.apply(
+        lambda secret: config_json(
+            boot_config(
+                models=config_models(bundle),
+                serving=serving_json,
+                public_port=stack.public_port,
+                url_secret=secret,
+                pip=pip,
+                torch_index_url=stack.torch_index_url,
+                torch_version=stack.torch_version,
+            )
+        )
+    )
+    for key, value in (("maxRunHours", stack.max_run_hours), ("idleStopMinutes", stack.idle_stop_minutes)):
+        if value:
+            pulumi.log.warn(f"synthdet:{key} applies to the single host only, not to replicas")
+    endpoint_cidrs = resolve_cidrs(stack.endpoint_cidrs)
+    low, high = stack.replica_range
+    common = {
+        "bundle": bundle,
+        "config_json": pulumi.Output.secret(config),
+        "url_secret": pulumi.Output.secret(url_secret),
+        "machine_type": stack.resolved_machine_type(),
+        "gpu": stack.gpu,
+        "image": select_image(stack.cloud, stack.gpu),
+        "min_replicas": low,
+        "max_replicas": high,
+        "requests_per_replica": stack.requests_per_replica,
+        "public_port": stack.public_port,
+        "endpoint_cidrs": endpoint_cidrs,
+        "disk_size_gb": stack.disk_size_gb,
+        "spot": stack.spot,
+        "image_override": stack.image,
+        "domain": stack.domain,
+        "pip": pip,
+        "labels": {"app": NAME, "stack": _label(pulumi.get_stack())},
+    }
+    if stack.cloud == "gcp":
+        if any(c not in ("0.0.0.0/0", "::/0") for c in endpoint_cidrs):
+            pulumi.log.warn(
+                "synthdet:endpointCidrs is not enforced by the GCP load balancer (it would need "
+                "Cloud Armor); the URL secret is the access control"
+            )
+        return GcpFleet(
+            NAME,
+            GcpFleetArgs(
+                **common,
+                region=providers.gcp_region,
+                zones=list(stack.replica_zones) or [providers.gcp_zone],
+                gpu_count=stack.gpu_count,
+                project=providers.gcp_project,
+            ),
+        ).fleet
+    return AwsFleet(NAME, AwsFleetArgs(**common, region=providers.aws_region)).fleet
+
+
+def export_fleet_outputs(settings: Settings, fleet: Fleet, url_secret: pulumi.Output[str]) -> None:
+    """The same outputs as the single host, describing the load balancer's URL."""
+    names = [m.name for m in settings.stack.model_specs()]
+    endpoints = pulumi.Output.all(fleet.base_url, url_secret).apply(
+        lambda v: {name: f"{v[0]}/{v[1]}/predictions/{name}" for name in names}
+    )
+    endpoint: pulumi.Output[str] = pulumi.Output.secret(
+        endpoints.apply(lambda e: e.get("synthdet", e[names[0]]))
+    )  # type: ignore[arg-type]
+    low, high = settings.stack.replica_range
+    pulumi.export("endpoint", endpoint)
+    pulumi.export("endpoints", pulumi.Output.secret(endpoints))
+    pulumi.export("public_ip", fleet.public_ip)
+    pulumi.export("load_balancer_url", fleet.base_url)
+    pulumi.export("instance_id", fleet.group_id)
+    pulumi.export("replicas", {"min": low, "max": high})
+    pulumi.export("bucket", fleet.bucket)
+    pulumi.export("dns_records", fleet.dns_records)
+    pulumi.export("cert_sha256", fleet.cert_sha256)
+    pulumi.export("hourly_cost_usd", fleet.hourly_cost_usd)
+    pulumi.export("hourly_cost_as_of", load_prices().as_of.isoformat())
+    export_qr(settings, endpoint)
+
+
 def main() -> None:
     settings = read_settings()
+    if settings.stack.behind_load_balancer:
+        # Stable across runs; rotate with `pulumi up --replace <url-secret urn>` (a rollout).
+        url_secret = random.RandomPassword("url-secret", length=32, special=False).result
+        export_fleet_outputs(settings, build_fleet(settings, url_secret), url_secret)
+        return
     host = build_host(settings)
     bootstrap = build_bootstrap(settings, host)
     export_outputs(settings, host, bootstrap)

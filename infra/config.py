@@ -13,6 +13,7 @@ Cloud-provider keys stay in their own namespaces (`gcp:project`, `gcp:zone`,
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -34,6 +35,9 @@ ANYWHERE = {"0.0.0.0/0", "::/0"}
 # TorchServe's inference, management and metrics ports (HTTP and gRPC): only
 # nginx on the public port may face the network.
 TORCHSERVE_PORTS = frozenset({7070, 7071, 8080, 8081, 8082})
+
+# A lowercase DNS name with a dot (the load balancer's managed certificate names it).
+DOMAIN_PATTERN = re.compile(r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
 
 DEFAULT_GCP_ZONE = "us-central1-a"  # has T4s (as do us-central1-b/c/f)
 DEFAULT_AWS_REGION = "us-east-1"  # has g3s and g4dn
@@ -81,6 +85,13 @@ class StackConfig(BaseModel):
     torch_index_url: str = Field("", alias="torchIndexUrl")
     torch_version: str = Field("", alias="torchVersion")
     show_qr: bool = Field(True, alias="showQr")
+    # Scale-out (docs/scale-out.md): more than one replica, or an autoscaling range,
+    # puts instances behind the cloud's load balancer; 1 keeps the single host.
+    replicas: int = Field(1, ge=1, le=100)
+    max_replicas: int = Field(0, alias="maxReplicas", ge=0, le=100)
+    requests_per_replica: int = Field(6, alias="requestsPerReplica", ge=1, le=1000)
+    domain: str = ""
+    replica_zones: tuple[str, ...] = Field((), alias="replicaZones")
 
     @field_validator("endpoint_cidrs", "ssh_allowed_cidrs")
     @classmethod
@@ -100,6 +111,13 @@ class StackConfig(BaseModel):
         if port in TORCHSERVE_PORTS or port == 22:
             raise ValueError(f"port {port} is reserved (SSH or TorchServe's own ports, which stay private)")
         return port
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        if value and (len(value) > 253 or not DOMAIN_PATTERN.match(value)):
+            raise ValueError(f"{value!r} is not a DNS name (e.g. synthdet.example.com)")
+        return value
 
     @field_validator("serving")
     @classmethod
@@ -145,6 +163,16 @@ class StackConfig(BaseModel):
 
     def ssh_open_to_world(self) -> bool:
         return any(c in ANYWHERE for c in self.ssh_allowed_cidrs)
+
+    @property
+    def behind_load_balancer(self) -> bool:
+        """N replicas (or an autoscaling range) behind the cloud's load balancer."""
+        return self.replicas > 1 or self.max_replicas > 1
+
+    @property
+    def replica_range(self) -> tuple[int, int]:
+        """(min, max) instances; equal when the size is fixed."""
+        return self.replicas, max(self.replicas, self.max_replicas)
 
 
 @dataclass(frozen=True)
@@ -208,6 +236,13 @@ def _explain(exc: ValidationError) -> str:
 
 
 def _check_cloud_keys(stack: StackConfig) -> None:
+    if stack.behind_load_balancer and stack.cloud == "ssh":
+        raise ConfigError("synthdet:replicas/maxReplicas need a cloud (gcp or aws), not the ssh stack")
+    if stack.max_replicas and stack.max_replicas < stack.replicas:
+        raise ConfigError(
+            f"synthdet:maxReplicas ({stack.max_replicas}) is below synthdet:replicas ({stack.replicas}); "
+            "it is the top of the autoscaling range (0: a fixed size)"
+        )
     if stack.cloud == "ssh":
         missing = [
             f"synthdet:{key}"

@@ -37,6 +37,8 @@ class CloudPrices(BaseModel):
     gpu: PriceMap = {}
     disk_gb_month: PriceMap = {}
     static_ip: dict[str, Price] = {}
+    # The HTTPS load balancer of a scale-out stack, per hour (region or `any`).
+    load_balancer: dict[str, Price] = {}
 
 
 class PriceTable(BaseModel):
@@ -124,4 +126,23 @@ def aws_hourly(
         disk_gb / prices.hours_per_month,
     )
     est.add("Elastic IP", aws.static_ip.get(ANY_REGION))
+    return est
+
+
+def load_balancer_hourly(cloud: str, region: str, table: PriceTable | None = None) -> Estimate:
+    """The load balancer's fixed hourly price (traffic-dependent charges are not included)."""
+    prices = table or load_prices()
+    lb = getattr(prices, cloud).load_balancer
+    est = Estimate(as_of=prices.as_of.isoformat())
+    est.add(f"{cloud} load balancer in {region}", lb.get(region) or lb.get(ANY_REGION))
+    return est
+
+
+def fleet_hourly(per_replica: Estimate, replicas: int, load_balancer: Estimate) -> Estimate:
+    """`replicas` instances (each with its disk and public IP) plus the load balancer."""
+    est = Estimate(as_of=per_replica.as_of or load_balancer.as_of)
+    est.missing = [*per_replica.missing, *load_balancer.missing]
+    est.lines = [(f"{replicas} x {label}", amount * replicas) for label, amount in per_replica.lines]
+    est.lines += load_balancer.lines
+    est.usd_per_hour = sum(amount for _, amount in est.lines)
     return est

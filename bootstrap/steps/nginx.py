@@ -31,6 +31,19 @@ from bootstrap.steps.base import (
 
 NAME = "nginx"
 RENEW_BEFORE = datetime.timedelta(days=30)
+# Debian's nginx.service does not restart nginx when it dies; the public
+# endpoint must come back by itself, like TorchServe does.
+NGINX_DROPIN_DIR = "/etc/systemd/system/nginx.service.d"
+NGINX_DROPIN = f"{NGINX_DROPIN_DIR}/synthdet.conf"
+NGINX_DROPIN_TEXT = """\
+# Written by synthdet deploy: nginx fronts a public endpoint; restart it if it dies.
+[Unit]
+StartLimitIntervalSec=0
+
+[Service]
+Restart=always
+RestartSec=2
+"""
 
 
 def cert_covers(cert_pem: bytes, address: str, now: datetime.datetime | None = None) -> bool:
@@ -83,10 +96,40 @@ def ensure_certificate(ctx: Context) -> bool:
     return True
 
 
+# Per client address: the app sends at most 5 frames/s with 5 in flight; allow
+# a few phones behind one NAT before answering 429.
+CLIENT_RATE_PER_S = 20
+CLIENT_BURST = 20
+CLIENT_INFLIGHT = 20
+# Seconds a refused client is told to wait (Retry-After on 429 and 503).
+RETRY_AFTER_S = 1
+
+
+def inflight_per_model(workers: int, batch_size: int, has_gpu: bool) -> int:
+    """Requests of one model nginx lets through to TorchServe at the same time.
+
+    What the workers can finish within the app's 2 s deadline: on a GPU a
+    batch takes ~0.1-0.4 s, so two full batches per worker; on a CPU one image
+    takes 2-3 s, already past the deadline, so only what is being computed
+    (queueing more would only answer clients that have given up). The rest
+    gets a fast 503 with Retry-After.
+    """
+    return workers * batch_size * 2 if has_gpu else workers
+
+
 def render_site(ctx: Context) -> str:
     serving = ctx.options.serving
+    inflight = inflight_per_model(ctx.workers_per_model, serving.batch_size, bool(ctx.facts.gpus))
     locations = "".join(
-        render_template("nginx-model-location.conf", secret=ctx.secret, name=spec.name) for spec in ctx.models
+        render_template(
+            "nginx-model-location.conf",
+            secret=ctx.secret,
+            name=spec.name,
+            inflight=inflight,
+            client_inflight=CLIENT_INFLIGHT,
+            client_burst=CLIENT_BURST,
+        )
+        for spec in ctx.models
     )
     return render_template(
         "nginx-site.conf",
@@ -100,12 +143,16 @@ def render_site(ctx: Context) -> str:
         model_locations=locations,
         miss_rate=10,
         miss_burst=40,
+        client_rate=CLIENT_RATE_PER_S,
+        client_burst=CLIENT_BURST,
+        retry_after=RETRY_AFTER_S,
     )
 
 
 def apply(ctx: Context) -> StepResult:
     changed = ensure_certificate(ctx)
-    changed |= ensure_file(ctx, NGINX_SITE, render_site(ctx), mode=0o640)
+    # The site holds the URL secret: root-only, like the secret's own file.
+    changed |= ensure_file(ctx, NGINX_SITE, render_site(ctx), mode=0o600)
     link = ctx.conn.run(
         f'[ "$(readlink {NGINX_SITE_LINK})" = {NGINX_SITE} ] || '
         f"{{ ln -sfn {NGINX_SITE} {NGINX_SITE_LINK}; echo CHANGED; }}; "
@@ -116,6 +163,11 @@ def apply(ctx: Context) -> StepResult:
     if "REMOVED_DEFAULT" in link:
         ctx.state.removed_default_site = True
     changed |= "CHANGED" in link or "REMOVED_DEFAULT" in link
+
+    ctx.conn.run(f"mkdir -p {NGINX_DROPIN_DIR}")
+    if ensure_file(ctx, NGINX_DROPIN, NGINX_DROPIN_TEXT):
+        ctx.conn.run("systemctl daemon-reload")
+        changed = True
 
     test = ctx.conn.run("nginx -t", check=False)
     if not test.ok:

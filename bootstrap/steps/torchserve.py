@@ -55,6 +55,33 @@ except Exception as e:
 """
 
 
+# One host-side script for a model reload (unregister, then register): if the SSH
+# connection drops halfway, the host still finishes both calls, so TorchServe is
+# never left without the model. Prints {"status", "body"} of the last call.
+_RELOAD = r"""
+import json, signal, sys, urllib.request, urllib.error
+signal.signal(signal.SIGHUP, signal.SIG_IGN)
+delete_url, register_url, timeout = sys.argv[1], sys.argv[2], float(sys.argv[3])
+def call(method, url):
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=timeout) as r:
+            return r.status, r.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode("utf-8", "replace")
+    except Exception as e:
+        return 0, repr(e)
+status, body = (200, "") if delete_url == "-" else call("DELETE", delete_url)
+if status in (200, 404):
+    status, body = call("POST", register_url)
+else:
+    body = "unregister failed: " + body
+try:
+    print(json.dumps({"status": status, "body": body}), flush=True)
+except OSError:
+    pass  # the connection is gone; the reload itself is done
+"""
+
+
 def render_config(ctx: Context, model_names: list[str] | tuple[str, ...]) -> str:
     return render_config_properties(
         inference_address=f"http://127.0.0.1:{INFERENCE_PORT}",
@@ -118,15 +145,18 @@ def wait_for_management(ctx: Context, timeout_s: float) -> list[str]:
 def reload_model(ctx: Context, name: str, registered: bool) -> None:
     """Unregister (if loaded) and register one model, waiting until its workers are up."""
     timeout = ctx.options.serving.startup_timeout_s + 60
-    if registered:
-        status, body = management(ctx, "DELETE", f"/models/{name}", timeout_s=120)
-        if status not in (200, 404):
-            raise DeployError(f"could not unload model {name}: {status} {body[:300]}")
-    query = (
-        f"/models?url={name}.mar&model_name={name}&initial_workers={ctx.workers_per_model}"
+    delete_url = f"{MANAGEMENT_URL}/models/{name}" if registered else "-"
+    register_url = (
+        f"{MANAGEMENT_URL}/models?url={name}.mar&model_name={name}&initial_workers={ctx.workers_per_model}"
         f"&synchronous=true&response_timeout={ctx.options.serving.response_timeout_s}"
     )
-    status, body = management(ctx, "POST", query, timeout_s=timeout)
+    res = ctx.conn.run(
+        f"python3 - {shlex.quote(delete_url)} {shlex.quote(register_url)} {timeout} <<'EOF'\n{_RELOAD}\nEOF",
+        sudo=False,
+        timeout_s=2 * timeout + 30,
+    )
+    data = json.loads(res.stdout.strip().splitlines()[-1])
+    status, body = int(data["status"]), str(data["body"])
     if status != 200:
         raise DeployError(
             f"TorchServe could not load model {name}: {status} {body[:500]}\n"

@@ -16,9 +16,12 @@ from pathlib import Path
 from bootstrap.api import DeployOptions, ModelSpec, Progress
 from bootstrap.archive import build_archive
 from bootstrap.ssh import sha256_file
-from bootstrap.steps.base import MODEL_STORE, SERVICE_USER, Context, StepResult
+from bootstrap.steps.base import MODEL_STORE, SERVICE_USER, Context, DeployError, StepResult
 
 NAME = "upload-model"
+# Left free after an upload: a host with a full disk fails in odd places (logs,
+# TorchServe unpacking the archive into its tmp dir on the same disk).
+SPARE_BYTES = 64 * 1024 * 1024
 
 
 def remote_mar(name: str) -> str:
@@ -43,6 +46,31 @@ def build(
     return built
 
 
+def free_bytes(ctx: Context, path: str) -> int | None:
+    """Bytes available to root on the filesystem holding `path` (None if df fails)."""
+    res = ctx.conn.run(f"df -P -B1 {path} | awk 'NR == 2 {{ print $4 }}'", check=False)
+    text = res.stdout.strip()
+    return int(text) if res.ok and text.isdigit() else None
+
+
+def check_space(ctx: Context, name: str, size: int) -> None:
+    """Refuse before uploading when the archive cannot fit: the served model stays as is.
+
+    Old and new archive coexist until the atomic rename, so the new one's size
+    must be free on top of what is used now.
+    """
+    free = free_bytes(ctx, MODEL_STORE)
+    if free is None or free >= size + SPARE_BYTES:
+        return
+    mib = 1024 * 1024
+    raise DeployError(
+        f"not enough disk space on the host for {name}.mar: it needs {size / mib:.0f} MiB "
+        f"(+{SPARE_BYTES // mib} MiB to spare) in {MODEL_STORE}, but only {free / mib:.0f} MiB "
+        "are free. Nothing was changed: the current model is still served. Free some space "
+        "(e.g. `apt-get clean`, `journalctl --vacuum-size=100M`) and rerun the deploy."
+    )
+
+
 def apply(ctx: Context) -> StepResult:
     uploaded = []
     for spec in ctx.models:
@@ -51,6 +79,7 @@ def apply(ctx: Context) -> StepResult:
         if ctx.conn.sha256(remote_mar(spec.name)) == want:
             continue
         size = mar.stat().st_size
+        check_space(ctx, spec.name, size)
         label = f"{spec.name}.mar"
 
         def report(sent: int, total: int, label: str = label) -> None:

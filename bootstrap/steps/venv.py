@@ -5,15 +5,22 @@ venv is made with --system-site-packages and reuses it: no multi-GB
 download. Otherwise the venv is isolated and gets the torch build
 `torch_select` names. A stamp file keyed by every input makes an unchanged
 venv a single cheap check on reruns.
+
+The interpreter comes from `bootstrap.python_select` (the image's when it is
+>= 3.10, else one found or installed on the host); a different interpreter
+than the image's torch Python means torch is installed, never reused.
 """
 
 from __future__ import annotations
 
 import json
 import shlex
+from dataclasses import replace
 from importlib import resources
 
+from bootstrap import python_select
 from bootstrap.api import PipSource
+from bootstrap.facts import HostFacts
 from bootstrap.steps.base import VENV_DIR, Context, DeployError, StepResult, sha256_text
 from bootstrap.torch_select import (
     DEFAULT_TORCH_INDEX,
@@ -65,9 +72,14 @@ def torch_install_args(ctx: Context, choice: TorchChoice) -> list[str]:
     return [*reqs, *pip_args(pip)]
 
 
-def stamp_for(ctx: Context, choice: TorchChoice, python: str, requirements: str) -> str:
+def stamp_for(
+    ctx: Context, choice: TorchChoice, python: str, requirements: str, python_version: str | None = None
+) -> str:
     inputs = {
         "python": python,
+        # The same path can become another Python (an image upgrade, a reinstall):
+        # the venv's interpreter links would then point at the wrong one.
+        "python_version": python_version,
         "reuse_image_torch": choice.reuse_image,
         "build": choice.build.flavor if choice.build else None,
         "torch_version": ctx.options.torch_version,
@@ -86,18 +98,28 @@ print(json.dumps({"torch": torch.__version__, "cuda": torch.version.cuda,
 """
 
 
-def apply(ctx: Context) -> StepResult:
-    facts = ctx.facts
+def choose_torch(facts: HostFacts, selected: python_select.SelectedPython) -> TorchChoice:
+    """torch_select's choice for the interpreter the venv is built from."""
     try:
-        choice = select_torch(facts.gpu, facts.image_torch)
+        # Only the interpreter that has the image's torch can reuse it.
+        choice = select_torch(facts.gpu, selected.image_torch)
     except TorchSelectError as exc:
         raise DeployError(str(exc)) from exc
+    image = facts.image_torch
+    if image is not None and selected.image_torch is None:
+        why = f"the image's torch {image.torch} belongs to Python {image.python_version} ({image.python})"
+        return replace(choice, reason=f"{choice.reason}; {why}")
+    return choice
+
+
+def apply(ctx: Context) -> StepResult:
+    selected = python_select.resolve(ctx, pip_args(ctx.options.pip))
+    choice = choose_torch(ctx.facts, selected)
     ctx.torch = choice
     ctx.python = f"{VENV_DIR}/bin/python"
-    base = facts.image_torch if choice.reuse_image else None
-    python = base.python if base else (facts.pythons[0].python if facts.pythons else "python3")
+    python = selected.path
     requirements = host_requirements()
-    stamp = stamp_for(ctx, choice, python, requirements)
+    stamp = stamp_for(ctx, choice, python, requirements, selected.version)
     # Each set of inputs gets its own directory; VENV_DIR is a symlink to the
     # current one. A failed install never touches the venv the service runs.
     target = f"{VENV_DIR}-{sha256_text(stamp)[:12]}"
@@ -108,7 +130,7 @@ def apply(ctx: Context) -> StepResult:
     current, _, stamp_there = have.partition("\n")
     built = stamp_there.strip() == stamp and ctx.conn.run(f"test -x {target}/bin/torchserve", check=False).ok
     if built and current.strip() == target:
-        return StepResult(NAME, False, choice.reason)
+        return StepResult(NAME, False, f"Python {selected.version} ({selected.source}); {choice.reason}")
 
     if not built:
         ctx.progress.status(f"preparing the service venv: {choice.reason}")
@@ -125,7 +147,7 @@ def apply(ctx: Context) -> StepResult:
         _pip(ctx, f"{pip} install {extra} -r {reqs}")
         info = _verify(ctx, target, choice)
         ctx.conn.upload_atomic(stamp.encode(), f"{target}/{STAMP_NAME}")
-        detail = f"{choice.reason}; torch {info.get('torch')}"
+        detail = f"Python {selected.version} ({selected.source}); {choice.reason}; torch {info.get('torch')}"
     else:
         detail = f"{choice.reason} (switched back to an existing venv)"
     # Atomic switch (rename over the old link), then drop the older venvs.

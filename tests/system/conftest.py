@@ -22,6 +22,7 @@ _REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(_REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(_REPO_ROOT))
 
+from tests.support import deployment  # noqa: E402
 from tests.support import testhost as th  # noqa: E402
 
 _SYSTEM_DIR = Path(__file__).resolve().parent
@@ -91,3 +92,26 @@ def fresh_testhost() -> Iterator[Callable[[], th.TestHostInfo]]:
             errors.append(str(exc))
     if errors:
         pytest.fail("\n".join(errors), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def deployed_host(
+    unity_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[deployment.Deployment]:
+    """A host deployed once, shared by test_exposure, test_faults and test_overload.
+
+    Each test leaves it serving `unity_checkpoint`; the host goes down at the end.
+    """
+    _require_test_hosts()
+    name = f"sdh-{os.getpid()}"
+    info = _up_or_fail(name)
+    try:
+        known_hosts = tmp_path_factory.mktemp("deployed-host") / "known_hosts"
+        deployed = deployment.deploy_to(info, unity_checkpoint, known_hosts)
+        print(f"deployed_host: first deploy {deployed.deploy_s:.1f} s")
+        yield deployed
+        if deployed.timings:
+            timings = ", ".join(f"{key} {value:.1f} s" for key, value in deployed.timings.items())
+            print(f"deployed_host timings: {timings}")
+    finally:
+        th.down(name)

@@ -59,6 +59,12 @@ def test_nginx_site_guards_every_path_with_the_secret() -> None:
         f"/{SECRET}/predictions/other",
         f"/{SECRET}/ping",
         "/",
+        # Named locations: JSON bodies for the errors nginx makes itself.
+        "@synthdet_429",
+        "@synthdet_503",
+        "@synthdet_404",
+        "@synthdet_405",
+        "@synthdet_413",
     ]
     # Prediction locations: POST only, a Content-Type always, to loopback TorchServe.
     for name in ("synthdet", "other"):
@@ -70,13 +76,38 @@ def test_nginx_site_guards_every_path_with_the_secret() -> None:
     assert '""      "application/octet-stream";' in site
     assert "client_max_body_size 10485760;" in site
     # The catch-all answers 404 after the rate limit (try_files, not return).
-    catch_all = site.split("location / {")[1]
+    catch_all = site.split("location / {")[1].split("\n    }\n")[0]
     assert "try_files /synthdet-none =404;" in catch_all and "return" not in catch_all
     # The access log format must not contain the URI (it carries the secret).
     log_format = site.split("log_format synthdet")[1].split(";")[0]
     assert "$request" not in log_format.replace("$request_method", "").replace("$request_length", "").replace(
         "$request_time", ""
     )
+
+
+def test_nginx_site_bounds_overload_and_says_when_to_retry() -> None:
+    site = nginx.render_site(make_ctx())
+    block = site.split(f"location = /{SECRET}/predictions/synthdet {{")[1].split("\n    }\n")[0]
+    # CPU host, one worker: only the request being computed reaches TorchServe.
+    assert "limit_conn synthdet_inflight 1;" in block
+    assert "limit_conn synthdet_client_inflight 20;" in block
+    assert "limit_req  zone=synthdet_client burst=20 nodelay;" in block
+    assert "limit_conn_status 503;" in site and "limit_req_status 429;" in site
+    assert "add_header Retry-After $synthdet_retry_after always;" in site
+    # Errors nginx makes are JSON; the handler's own 4xx are never replaced.
+    assert "proxy_intercept_errors" not in site
+    for code in (429, 503, 404, 405, 413):
+        named = site.split(f"location @synthdet_{code} {{")[1].split("}\n")[0]
+        assert f'return {code} \'{{"code": {code}, "error"' in named
+    # Slow clients cannot hold connections open; TLS 1.2+ with forward secrecy only.
+    assert "client_header_timeout 10s;" in site and "client_body_timeout 10s;" in site
+    assert "ssl_session_tickets off;" in site and "server_tokens off;" in site
+    assert "CBC" not in site and "RSA-AES" not in site.replace("ECDHE-RSA-AES", "")
+
+
+def test_nginx_inflight_cap_follows_the_hardware() -> None:
+    assert nginx.inflight_per_model(workers=1, batch_size=4, has_gpu=False) == 1
+    assert nginx.inflight_per_model(workers=2, batch_size=4, has_gpu=True) == 16
 
 
 def test_nginx_site_custom_port_and_limits() -> None:
@@ -305,3 +336,32 @@ def test_context_workers_default_one_per_gpu() -> None:
     assert make_ctx().workers_per_model == 1
     gpus = tuple(SimpleNamespace() for _ in range(2))
     assert make_ctx(gpus=gpus).workers_per_model == 2  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------- disk space
+class _DfConnection:
+    """Answers `df` with a fixed number of free bytes; records nothing else."""
+
+    def __init__(self, free: str, rc: int = 0) -> None:
+        self.free, self.rc = free, rc
+
+    def run(self, cmd: str, **_: object) -> object:
+        from bootstrap.ssh import RunResult
+
+        assert cmd.startswith("df -P -B1 /var/lib/synthdet/model-store")
+        return RunResult(cmd, self.rc, self.free + "\n", "")
+
+
+def test_upload_is_refused_up_front_when_the_disk_cannot_hold_it() -> None:
+    from bootstrap.steps import upload_model
+    from bootstrap.steps.base import DeployError
+
+    ctx = make_ctx()
+    size = 170 * 2**20
+    ctx.conn = _DfConnection(str(size + upload_model.SPARE_BYTES))  # type: ignore[assignment]
+    upload_model.check_space(ctx, "synthdet", size)  # just enough
+    ctx.conn = _DfConnection(str(size))  # type: ignore[assignment]
+    with pytest.raises(DeployError, match=r"not enough disk space .* synthdet\.mar.* still served"):
+        upload_model.check_space(ctx, "synthdet", size)
+    ctx.conn = _DfConnection("", rc=1)  # type: ignore[assignment]
+    upload_model.check_space(ctx, "synthdet", size)  # df failed: let the upload try

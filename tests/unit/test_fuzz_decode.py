@@ -167,7 +167,15 @@ def huge_headers(draw: st.DrawFn) -> tuple[str, bytes]:
     return kind, encode(Image.new("L", (long_side, 1)), "PNG")
 
 
-MAGICS = [b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF89a", b"RIFF\x00\x00\x00\x00WEBP", b"II*\x00", b"MM\x00*", b"BM"]
+MAGICS = [
+    b"\xff\xd8\xff",
+    b"\x89PNG\r\n\x1a\n",
+    b"GIF89a",
+    b"RIFF\x00\x00\x00\x00WEBP",
+    b"II*\x00",
+    b"MM\x00*",
+    b"BM",
+]
 
 
 @st.composite
@@ -216,7 +224,9 @@ def test_huge_claims_are_refused_before_decoding(case: tuple[str, bytes]) -> Non
 @given(
     st.dictionaries(
         st.sampled_from(["body", "data", "file", "image"]),
-        st.one_of(st.binary(max_size=64), st.text(max_size=32), st.none(), st.integers(), st.lists(st.integers())),
+        st.one_of(
+            st.binary(max_size=64), st.text(max_size=32), st.none(), st.integers(), st.lists(st.integers())
+        ),
         max_size=3,
     )
 )

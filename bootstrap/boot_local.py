@@ -1,0 +1,163 @@
+"""Bring this machine up as one replica behind a load balancer: the deploy steps, run here.
+
+`python -m bootstrap.boot_local --config boot.json --archive-dir DIR` is what an
+instance's startup script (`bootstrap/startup_script.py`) runs at every boot,
+as root, with nobody logged in. It runs exactly the steps `synthdet deploy`
+runs over SSH (`bootstrap.deploy.run_steps`), through `LocalRunner`, with
+model archives built at `pulumi up` time and fetched from the stack's bucket.
+
+The config (`boot.json`, written by `boot_config`) carries the URL secret:
+it lives in the private bucket, never in instance metadata or logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bootstrap.api import DeployOptions, DeployResult, ModelSpec, PipSource
+from bootstrap.settings import ServingSettings
+from bootstrap.ssh import sha256_file
+
+CONFIG_VERSION = 1
+# Behind a load balancer the instance is reached by the balancer, not by a name of its
+# own: the certificate names loopback and the final checks (health, one smoke image)
+# go through nginx on this address, exactly the path the balancer's requests take.
+LOCAL_ADDRESS = "127.0.0.1"
+
+
+class BootConfigError(ValueError):
+    pass
+
+
+def boot_config(
+    *,
+    models: Sequence[dict[str, str]],
+    serving: dict[str, Any],
+    public_port: int,
+    url_secret: str,
+    pip: PipSource,
+    torch_index_url: str = "",
+    torch_version: str = "",
+) -> dict[str, Any]:
+    """The JSON the instance reads. `models`: [{"name", "file", "sha256"}] (files beside it)."""
+    return {
+        "version": CONFIG_VERSION,
+        "models": [{"name": m["name"], "file": m["file"], "sha256": m["sha256"]} for m in models],
+        "serving": serving,
+        "public_port": public_port,
+        "url_secret": url_secret,
+        "pip": {
+            "index_url": pip.index_url or "",
+            "find_links": pip.find_links or "",
+            "trusted_hosts": list(pip.trusted_hosts),
+        },
+        "torch_index_url": torch_index_url,
+        "torch_version": torch_version,
+    }
+
+
+def load_config(path: Path) -> dict[str, Any]:
+    try:
+        config = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BootConfigError(f"cannot read the boot config {path}: {exc}") from exc
+    if config.get("version") != CONFIG_VERSION:
+        raise BootConfigError(f"{path}: config version {config.get('version')!r}, expected {CONFIG_VERSION}")
+    if not config.get("models"):
+        raise BootConfigError(f"{path}: no models")
+    return config
+
+
+def deploy_inputs(
+    config: dict[str, Any], archive_dir: Path, *, smoke: bool = True
+) -> tuple[list[ModelSpec], DeployOptions, dict[str, tuple[Path, str]]]:
+    """(models, options, built archives) for `run_steps`; each archive's sha256 is checked."""
+    built: dict[str, tuple[Path, str]] = {}
+    models = []
+    for entry in config["models"]:
+        path = Path(archive_dir) / entry["file"]
+        if not path.is_file():
+            raise BootConfigError(f"model archive {path} is missing")
+        got = sha256_file(path)
+        if got != entry["sha256"]:
+            raise BootConfigError(f"model archive {path} has sha256 {got}, expected {entry['sha256']}")
+        # The checkpoint is not needed here (the archive is built); the steps use the name.
+        models.append(ModelSpec(entry["name"], path))
+        built[entry["name"]] = (path, got)
+    pip = config.get("pip") or {}
+    options = DeployOptions(
+        public_port=int(config["public_port"]),
+        public_address=LOCAL_ADDRESS,
+        url_secret=config.get("url_secret") or None,
+        pip=PipSource(
+            index_url=pip.get("index_url") or None,
+            find_links=pip.get("find_links") or None,
+            trusted_hosts=tuple(pip.get("trusted_hosts") or ()),
+        ),
+        serving=ServingSettings.model_validate(config.get("serving") or {}),
+        torch_index_url=config.get("torch_index_url") or None,
+        torch_version=config.get("torch_version") or None,
+        smoke=smoke,
+    )
+    return models, options, built
+
+
+class _PrintProgress:
+    """Progress as plain lines: the startup script's log (serial console, journal)."""
+
+    def status(self, message: str) -> None:
+        print(f"synthdet-boot: {message}", flush=True)
+
+    def step_done(self, name: str, changed: bool, detail: str = "") -> None:
+        print(f"synthdet-boot: {name}: {'changed' if changed else 'unchanged'} {detail}".rstrip(), flush=True)
+
+    def upload(self, label: str, sent: int, total: int) -> None:
+        pass
+
+
+def boot(config_path: Path, archive_dir: Path, *, smoke: bool = True) -> DeployResult:
+    from bootstrap.deploy import run_steps
+    from bootstrap.local_runner import LocalRunner
+
+    config = load_config(config_path)
+    models, options, built = deploy_inputs(config, archive_dir, smoke=smoke)
+    with LocalRunner() as runner:
+        return run_steps(runner, models, options, _PrintProgress(), built, LOCAL_ADDRESS)
+
+
+def summary(result: DeployResult) -> dict[str, Any]:
+    """What to log: no URL (it carries the secret; serial logs are widely readable)."""
+    return {
+        "changed": result.changed,
+        "cert_sha256": result.cert_sha256,
+        "models": sorted(result.endpoints),
+        "steps": [{"name": n, "changed": c} for n, c in result.steps],
+        "host": result.host,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bootstrap.boot_local",
+        description="Run the deploy steps on this machine (an instance's startup script calls this).",
+    )
+    parser.add_argument("--config", type=Path, required=True, help="boot.json from the stack's bucket")
+    parser.add_argument("--archive-dir", type=Path, required=True, help="where the fetched .mar files are")
+    parser.add_argument("--no-smoke", action="store_true", help="skip the final test image")
+    args = parser.parse_args(argv)
+    try:
+        result = boot(args.config, args.archive_dir, smoke=not args.no_smoke)
+    except Exception as exc:  # noqa: BLE001 - one clear line for the boot log, then fail
+        print(f"synthdet-boot: FAILED: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        return 1
+    print("synthdet-boot: serving " + json.dumps(summary(result), sort_keys=True), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

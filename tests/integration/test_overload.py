@@ -1,0 +1,65 @@
+"""Overload on `synthdet serve` (no nginx): TorchServe's bounded queue refuses fast.
+
+One phone offers 3x what a CPU worker can do for 60 s (tests/support/overload.py).
+TorchServe runs with `job_queue_size=1`: one frame waits while one is computed,
+everything beyond gets TorchServe's immediate 503. (TorchServe's own 503 carries
+no Retry-After; through nginx every refusal does, see tests/system/test_overload.py.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from bootstrap.api import ModelSpec
+from bootstrap.contract import smoke
+from bootstrap.local_serve import LocalServeConfig, LocalServer, free_port, serving
+from bootstrap.settings import ServingSettings
+from tests.support.overload import assert_refused_fast_and_nothing_late, run_overload
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def small_queue_server(
+    unity_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalServer]:
+    config = LocalServeConfig(
+        models=[ModelSpec("synthdet", unity_checkpoint)],
+        workdir=tmp_path_factory.mktemp("overload"),
+        port=free_port(),
+        serving=ServingSettings(job_queue_size=1, workers=1, warmup_sizes=((1280, 960),)),
+    )
+    with serving(config, timeout_s=300) as server:
+        yield server
+
+
+def _rss_mb(pid: int) -> float:
+    """Resident memory of TorchServe and its workers."""
+    root = psutil.Process(pid)
+    return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)]) / 2**20
+
+
+def _worker_pids(server: LocalServer) -> list[int]:
+    described = httpx.get(f"{server.management_url}/models/synthdet", timeout=5).json()[0]
+    return sorted(worker["pid"] for worker in described["workers"])
+
+
+def test_three_times_capacity_for_a_minute_is_refused_fast_never_late(
+    small_queue_server: LocalServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = small_queue_server.prediction_url("synthdet")
+    pids = _worker_pids(small_queue_server)
+    before_mb = _rss_mb(small_queue_server.process.pid)
+    run = run_overload(url, monkeypatch, deadline_factor=4.0)
+    after_mb = _rss_mb(small_queue_server.process.pid)
+    print(f"\noverload (local TorchServe): {run.summary()}; memory {before_mb:.0f} -> {after_mb:.0f} MiB")
+    assert_refused_fast_and_nothing_late(run, retry_after=False)
+    assert after_mb < before_mb * 1.25 + 200, "memory grew under overload"
+    # Healthy afterwards, with the same worker.
+    smoke(url, timeout_s=60)
+    assert _worker_pids(small_queue_server) == pids

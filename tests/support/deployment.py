@@ -1,0 +1,126 @@
+"""A test host deployed once and shared by the exposure, fault and overload system tests.
+
+`test_deploy.py` deploys through the CLI and checks the deploy itself; these
+suites need a deployed host to attack, break and overload, and deploying costs
+minutes on 2 cores, so they share one (the `deployed_host` fixture in
+tests/system/conftest.py). Every test leaves it serving the model it found.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from bootstrap import deploy as deploy_lib
+from bootstrap.api import DeployOptions, DeployResult, ModelSpec, PipSource, SshTarget
+from bootstrap.contract import smoke
+from bootstrap.steps.base import MANAGEMENT_PORT, MODEL_STORE, UNIT_NAME
+from tests.support import testhost as th
+
+# Two CPU cores shared with TorchServe's warm-up and other suites.
+READY_TIMEOUT_S = 240.0
+
+
+@dataclass
+class Deployment:
+    info: th.TestHostInfo
+    target: SshTarget
+    options: DeployOptions
+    checkpoint: Path
+    result: DeployResult
+    deploy_s: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def endpoint(self) -> str:
+        return self.result.endpoint
+
+    @property
+    def secret(self) -> str:
+        return httpx.URL(self.endpoint).path.split("/")[1]
+
+    @property
+    def base(self) -> str:
+        return f"https://{self.info.host}"
+
+    def redeploy(self, checkpoint: Path | None = None) -> tuple[DeployResult, float]:
+        started = time.monotonic()
+        spec = ModelSpec("synthdet", checkpoint or self.checkpoint)
+        result = deploy_lib.deploy(self.target, [spec], self.options)
+        return result, time.monotonic() - started
+
+
+def deploy_to(info: th.TestHostInfo, checkpoint: Path, known_hosts: Path) -> Deployment:
+    find_links = info.deploy_args[info.deploy_args.index("--pip-find-links") + 1]
+    trusted = info.deploy_args[info.deploy_args.index("--pip-trusted-host") + 1]
+    target = SshTarget(info.host, info.user, Path(info.key), port=info.port, known_hosts=known_hosts)
+    options = DeployOptions(pip=PipSource(find_links=find_links, trusted_hosts=(trusted,)))
+    started = time.monotonic()
+    result = deploy_lib.deploy(target, [ModelSpec("synthdet", checkpoint)], options)
+    return Deployment(info, target, options, checkpoint, result, time.monotonic() - started)
+
+
+def guest(info: th.TestHostInfo, cmd: str, timeout: float = 120) -> str:
+    rc, out, err = th.ssh_exec(info, cmd, timeout=timeout)
+    assert rc == 0, f"{cmd!r} failed in the guest ({rc}): {err or out}"
+    return out
+
+
+def served_sha(info: th.TestHostInfo, name: str = "synthdet") -> str:
+    return guest(info, f"sha256sum {MODEL_STORE}/{name}.mar").split()[0]
+
+
+def loaded_sha(info: th.TestHostInfo, name: str = "synthdet") -> str:
+    """sha256 of the archive as TorchServe's own mount namespace sees it (what it loads)."""
+    java = guest(info, "pgrep -u synthdet -x java").split()[0]
+    return guest(info, f"nsenter -t {java} -m sha256sum {MODEL_STORE}/{name}.mar").split()[0]
+
+
+def management(info: th.TestHostInfo, path: str) -> object:
+    out = guest(info, f"curl -sf http://127.0.0.1:{MANAGEMENT_PORT}{path}")
+    return json.loads(out)
+
+
+def worker_pids(info: th.TestHostInfo, name: str = "synthdet") -> list[int]:
+    described = management(info, f"/models/{name}")
+    assert isinstance(described, list)
+    return sorted(int(w["pid"]) for w in described[0]["workers"] if w.get("pid"))
+
+
+def service_pids(info: th.TestHostInfo) -> tuple[str, str]:
+    """(systemd's MainPID, the java frontend's pid): a restart changes both."""
+    main = guest(info, f"systemctl show -p MainPID --value {UNIT_NAME}").strip()
+    java = guest(info, "pgrep -u synthdet -x java || true").strip()
+    return main, java
+
+
+def wait_healthy(deployed: Deployment, timeout_s: float = READY_TIMEOUT_S) -> float:
+    """Poll the public health path (nginx + TorchServe up, no inference); seconds it took."""
+    started = time.monotonic()
+    url = f"{deployed.base}/{deployed.secret}/ping"
+    while time.monotonic() - started < timeout_s:
+        try:
+            if httpx.get(url, verify=False, timeout=5).status_code == 200:
+                return time.monotonic() - started
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{url} was not healthy within {timeout_s:.0f} s")
+
+
+def wait_serving(url: str, timeout_s: float = READY_TIMEOUT_S) -> float:
+    """Poll until one app-style request succeeds; returns the seconds it took."""
+    started = time.monotonic()
+    last: Exception | None = None
+    while time.monotonic() - started < timeout_s:
+        try:
+            smoke(url, timeout_s=60)
+            return time.monotonic() - started
+        except Exception as exc:  # noqa: BLE001 - any failure means "not yet"
+            last = exc
+            time.sleep(0.5)
+    raise AssertionError(f"{url} did not serve within {timeout_s:.0f} s: {last}")

@@ -1,0 +1,165 @@
+"""What a deployed host shows the internet: SSH and the HTTPS endpoint, nothing else.
+
+Runs against the shared `deployed_host` (nothing here changes it). The port
+scan only ever targets the test host's own address inside its network
+namespace.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import errno
+import re
+import socket
+import ssl
+import time
+
+import httpx
+import pytest
+
+from bootstrap.contract import make_test_jpeg, post_image
+from bootstrap.steps.base import (
+    CERT_FILE,
+    CONFIG_FILE,
+    ETC_DIR,
+    KEY_FILE,
+    SECRET_FILE,
+    STATE_FILE,
+    TLS_DIR,
+    UNIT_NAME,
+)
+from tests.support.deployment import Deployment, guest
+
+pytestmark = pytest.mark.system
+
+ALL_PORTS = range(1, 65536)
+
+
+def _tcp_open(address: str, port: int, timeout_s: float = 2.0) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout_s)
+        result = sock.connect_ex((address, port))
+    if result in (0,):
+        return True
+    # Refused is a clean "closed"; a timeout would mean a filter we did not expect.
+    assert result in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ETIMEDOUT, errno.EAGAIN), (port, result)
+    return False
+
+
+def scan(address: str, ports: range = ALL_PORTS, threads: int = 256) -> set[int]:
+    """Full TCP connect scan (65535 ports in ~10-20 s: the guest answers RST at once)."""
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        found = pool.map(lambda port: port if _tcp_open(address, port) else 0, ports, chunksize=256)
+        return {port for port in found if port}
+
+
+def test_a_full_port_scan_finds_only_ssh_and_https(deployed_host: Deployment) -> None:
+    started = time.monotonic()
+    open_ports = scan(deployed_host.info.host)
+    print(f"port scan of 65535 TCP ports: {sorted(open_ports)} in {time.monotonic() - started:.1f} s")
+    assert open_ports == {22, 443}
+
+
+def test_without_the_secret_everything_is_a_json_404_and_rate_limited(deployed_host: Deployment) -> None:
+    base = deployed_host.base
+    paths = ["/", "/predictions/synthdet", "/ping", "/models", "/metrics", "/api-description", "/.env"]
+    with httpx.Client(verify=False, timeout=10) as client:
+        # Let the miss bucket drain (10/s) in case an earlier test spent it.
+        time.sleep(5)
+        first = client.post(f"{base}/predictions/synthdet", content=b"x")
+        assert first.status_code == 404 and first.json() == {"code": 404, "error": "not found"}
+        assert first.headers["server"] == "nginx"  # no version
+        statuses = []
+        started = time.monotonic()
+        for index in range(120):
+            response = client.get(base + paths[index % len(paths)])
+            statuses.append(response.status_code)
+            if response.status_code == 429:
+                assert response.headers["retry-after"] == "1"
+                assert response.json()["code"] == 429
+        elapsed = time.monotonic() - started
+        # The right secret is not slowed down by someone else's guessing.
+        assert client.get(f"{base}/{deployed_host.secret}/ping").status_code == 200
+    counts = {code: statuses.count(code) for code in set(statuses)}
+    print(f"120 guesses in {elapsed:.1f} s: {counts}")
+    assert set(statuses) <= {404, 429}
+    # burst 40 at 10/s: roughly the first 40 + 10/s pass, the rest are refused.
+    assert counts.get(429, 0) >= 120 - 40 - 10 * elapsed - 5, counts
+
+
+def _handshake(address: str, version: ssl.TLSVersion, ciphers: str | None = None) -> str | None:
+    """The negotiated protocol, or None when the server refuses the handshake."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    # Let this client offer old protocols and ciphers, so the refusal is the server's.
+    context.set_ciphers(ciphers or "ALL:@SECLEVEL=0")
+    context.minimum_version = version
+    context.maximum_version = version
+    try:
+        with socket.create_connection((address, 443), timeout=5) as raw, context.wrap_socket(raw) as tls:
+            return tls.version()
+    except (ssl.SSLError, ConnectionResetError):
+        return None
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion:DeprecationWarning")
+def test_tls_1_2_or_newer_only_with_forward_secrecy(deployed_host: Deployment) -> None:
+    address = deployed_host.info.host
+    assert _handshake(address, ssl.TLSVersion.TLSv1_3) == "TLSv1.3"
+    assert _handshake(address, ssl.TLSVersion.TLSv1_2) == "TLSv1.2"
+    assert _handshake(address, ssl.TLSVersion.TLSv1_1) is None
+    assert _handshake(address, ssl.TLSVersion.TLSv1) is None
+    # TLS 1.2 without forward secrecy (static RSA key exchange) or with CBC: refused.
+    assert _handshake(address, ssl.TLSVersion.TLSv1_2, "AES128-GCM-SHA256:AES256-SHA:@SECLEVEL=0") is None
+    assert _handshake(address, ssl.TLSVersion.TLSv1_2, "ECDHE-RSA-AES128-SHA:@SECLEVEL=0") is None
+    # What nginx really runs with, not just the file we wrote.
+    running = guest(deployed_host.info, "nginx -T 2>/dev/null")
+    assert re.search(r"^\s*ssl_protocols\s+TLSv1\.2 TLSv1\.3;", running, re.M)
+
+
+def test_secrets_on_disk_are_root_only_and_never_in_logs(deployed_host: Deployment) -> None:
+    info, secret = deployed_host.info, deployed_host.secret
+    # Put the secret through every path that logs: served, refused, wrong method,
+    # too large, rate limited (the 429s above), an upstream error is in test_faults.
+    post_image(deployed_host.endpoint, make_test_jpeg(320, 240), timeout_s=60)
+    with httpx.Client(verify=False, timeout=30) as client:
+        client.post(deployed_host.endpoint, content=b"not an image")
+        client.get(deployed_host.endpoint)
+        oversize = client.post(deployed_host.endpoint, content=b"\0" * (11 * 1024 * 1024))
+        assert oversize.status_code == 413 and oversize.json()["code"] == 413  # JSON, from nginx
+    for path in (SECRET_FILE, KEY_FILE, STATE_FILE, "/etc/nginx/sites-available/synthdet"):
+        assert guest(info, f"stat -c '%U:%G %a' {path}").strip() == "root:root 600", path
+    modes = guest(info, f"stat -c '%a' {CERT_FILE} {CONFIG_FILE} {ETC_DIR} {TLS_DIR}").split()
+    assert modes == ["644", "640", "750", "700"]
+    # Every file anywhere that holds the secret is root's and 0600.
+    holders = guest(
+        info,
+        f"grep -rlsF -- {secret} /etc /var /opt /root /home /tmp /srv /run "
+        "--exclude-dir=model-store --exclude-dir=venv-* || true",
+        timeout=300,
+    ).split()
+    assert holders, "the secret is not on disk at all?"
+    for path in holders:
+        assert guest(info, f"stat -c '%U %a' {path}").strip() == "root 600", path
+        assert not path.startswith(("/var/log", "/run/log")), f"the secret is in a log: {path}"
+    journal = guest(info, f"journalctl --no-pager -o cat | grep -cF -- {secret} || true").strip()
+    assert journal == "0", "the secret is in the journal"
+
+
+def test_the_service_follows_systemds_hardening_advice(deployed_host: Deployment) -> None:
+    info = deployed_host.info
+    report = guest(info, f"systemd-analyze security --no-pager {UNIT_NAME}")
+    score = float(re.search(r"Overall exposure level for \S+: (\d+\.\d+)", report)[1])  # type: ignore[index]
+    print(f"systemd-analyze security {UNIT_NAME}: {score}")
+    # Debian 12's systemd rates 0 (best) to 10; below 4 is "OK". The JVM needs
+    # W^X off, and a GPU needs its device nodes, which keeps it from "SAFE".
+    assert score < 4.0, report
+    shown = guest(info, f"systemctl show {UNIT_NAME} -p User -p NoNewPrivileges -p ProtectSystem -p Restart")
+    assert "User=synthdet" in shown and "NoNewPrivileges=yes" in shown
+    assert "ProtectSystem=strict" in shown and "Restart=always" in shown
+    # nginx: restarted by systemd if it dies, no version in headers, slow clients cut off.
+    assert guest(info, "systemctl show nginx -p Restart").strip() == "Restart=always"
+    running = guest(info, "nginx -T 2>/dev/null")
+    for directive in ("server_tokens off;", "client_header_timeout 10s;", "ssl_session_tickets off;"):
+        assert directive in running, directive
