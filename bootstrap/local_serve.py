@@ -129,10 +129,22 @@ def stop_process_tree(process: subprocess.Popen[bytes], timeout_s: float) -> Non
 
 
 def local_defaults(serving: ServingSettings) -> ServingSettings:
-    """Fill what the user left unset from this machine's cores and GPUs."""
-    if serving.workers is not None:
-        return serving
-    return serving.model_copy(update={"workers": default_workers()})
+    """Fill what the user left unset from this machine's cores and GPUs.
+
+    On a CPU one frame takes longer than the app's 2 s deadline: batching would
+    only make every frame wait for its whole batch, and a queue would only
+    answer after the deadline. So, unless set explicitly: one frame per pass,
+    and no more queued than the workers can start at once (the rest get a fast
+    503 and the app simply sends its next frame).
+    """
+    workers = serving.workers or default_workers()
+    update: dict[str, int] = {"workers": workers}
+    if not visible_gpus():
+        if "batch_size" not in serving.model_fields_set:
+            update["batch_size"] = 1
+        if "job_queue_size" not in serving.model_fields_set:
+            update["job_queue_size"] = workers
+    return serving.model_copy(update=update)
 
 
 def default_workers() -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 # Pulumi runs this directory as a script, which puts the directory itself first
 # on sys.path: then `aws`, `gcp` or `config` would resolve to our modules, not
@@ -223,6 +224,9 @@ def _label(value: str) -> str:
 def build_fleet(settings: Settings, url_secret: pulumi.Output[str]) -> Fleet:
     """Replicas behind the cloud's load balancer; each bootstraps itself from the bucket."""
     stack, providers = settings.stack, settings.providers
+    cloud = stack.cloud
+    if cloud == "ssh":  # config validation refuses replicas on the ssh stack already
+        raise ValueError("replicas need a cloud stack (gcp or aws)")
     models = stack.model_specs()
     serving = stack.serving_settings
     serving_json = serving.model_dump(mode="json")
@@ -248,13 +252,13 @@ def build_fleet(settings: Settings, url_secret: pulumi.Output[str]) -> Fleet:
             pulumi.log.warn(f"synthdet:{key} applies to the single host only, not to replicas")
     endpoint_cidrs = resolve_cidrs(stack.endpoint_cidrs)
     low, high = stack.replica_range
-    common = {
+    common: dict[str, Any] = {
         "bundle": bundle,
         "config_json": pulumi.Output.secret(config),
         "url_secret": pulumi.Output.secret(url_secret),
         "machine_type": stack.resolved_machine_type(),
         "gpu": stack.gpu,
-        "image": select_image(stack.cloud, stack.gpu),
+        "image": select_image(cloud, stack.gpu),
         "min_replicas": low,
         "max_replicas": high,
         "requests_per_replica": stack.requests_per_replica,

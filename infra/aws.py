@@ -97,7 +97,7 @@ class AwsGpuHost(pulumi.ComponentResource):
             tags=tags,
             opts=child,
         )
-        ami = self._ami(args)
+        ami = lookup_ami(args.image, args.image_override, self)
         instance = aws.ec2.Instance(
             f"{name}-vm",
             ami=ami,
@@ -148,21 +148,6 @@ class AwsGpuHost(pulumi.ComponentResource):
         )
         self.register_outputs({"public_ip": self.public_ip, "instance_id": self.instance_id, "ami": self.ami})
 
-    def _ami(self, args: AwsGpuHostArgs) -> pulumi.Output[str]:
-        if args.image_override:
-            return pulumi.Output.from_input(args.image_override)
-        return aws.ec2.get_ami_output(
-            most_recent=True,
-            owners=list(args.image.ami_owners),
-            include_deprecated=args.image.ami_include_deprecated,
-            filters=[
-                aws.ec2.GetAmiFilterArgs(name="name", values=[args.image.ami_name or ""]),
-                aws.ec2.GetAmiFilterArgs(name="architecture", values=["x86_64"]),
-                aws.ec2.GetAmiFilterArgs(name="state", values=["available"]),
-            ],
-            opts=pulumi.InvokeOutputOptions(parent=self),
-        ).id
-
     def _idle_alarm(
         self, name: str, args: AwsGpuHostArgs, instance: aws.ec2.Instance, tags: dict[str, str]
     ) -> aws.cloudwatch.MetricAlarm:
@@ -184,3 +169,20 @@ class AwsGpuHost(pulumi.ComponentResource):
             tags=tags,
             opts=pulumi.ResourceOptions(parent=self),
         )
+
+
+def lookup_ami(image: ImageChoice, image_override: str, parent: pulumi.Resource) -> pulumi.Output[str]:
+    """The image's AMI id: the user's override, or the newest AMI matching its owner and name filter."""
+    if image_override:
+        return pulumi.Output.from_input(image_override)
+    return aws.ec2.get_ami_output(
+        most_recent=True,
+        owners=list(image.ami_owners),
+        include_deprecated=image.ami_include_deprecated,
+        filters=[
+            aws.ec2.GetAmiFilterArgs(name="name", values=[image.ami_name or ""]),
+            aws.ec2.GetAmiFilterArgs(name="architecture", values=["x86_64"]),
+            aws.ec2.GetAmiFilterArgs(name="state", values=["available"]),
+        ],
+        opts=pulumi.InvokeOutputOptions(parent=parent),
+    ).id

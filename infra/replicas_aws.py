@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
+from infra.aws import lookup_ami
 from infra.bucket import ArtifactsArgs, S3Artifacts
 from infra.fleet import (
     BOOT_GRACE_S,
@@ -152,7 +153,7 @@ class AwsFleet(pulumi.ComponentResource):
         template = aws.ec2.LaunchTemplate(
             f"{name}-template",
             name_prefix=f"{name}-",
-            image_id=self._ami(args),
+            image_id=lookup_ami(args.image, args.image_override, self),
             instance_type=args.machine_type,
             iam_instance_profile=aws.ec2.LaunchTemplateIamInstanceProfileArgs(arn=profile.arn),
             vpc_security_group_ids=[instance_group.id],
@@ -370,18 +371,3 @@ class AwsFleet(pulumi.ComponentResource):
             dns_records=dns_records,
         )
         self.register_outputs({"dns_name": balancer.dns_name, "group": group.name})
-
-    def _ami(self, args: AwsFleetArgs) -> pulumi.Output[str]:
-        if args.image_override:
-            return pulumi.Output.from_input(args.image_override)
-        return aws.ec2.get_ami_output(
-            most_recent=True,
-            owners=list(args.image.ami_owners),
-            include_deprecated=args.image.ami_include_deprecated,
-            filters=[
-                aws.ec2.GetAmiFilterArgs(name="name", values=[args.image.ami_name or ""]),
-                aws.ec2.GetAmiFilterArgs(name="architecture", values=["x86_64"]),
-                aws.ec2.GetAmiFilterArgs(name="state", values=["available"]),
-            ],
-            opts=pulumi.InvokeOutputOptions(parent=self),
-        ).id

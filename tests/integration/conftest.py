@@ -20,7 +20,13 @@ def torchserve(
         models=[ModelSpec("synthdet", unity_checkpoint), ModelSpec("other", other_checkpoint)],
         workdir=tmp_path_factory.mktemp("torchserve"),
         port=free_port(),
-        serving=ServingSettings(max_request_bytes=2 * 1024 * 1024, warmup_sizes=((1280, 960),)),
+        # Batching and a queue set explicitly: on CPU `serve` would default to neither.
+        serving=ServingSettings(
+            max_request_bytes=2 * 1024 * 1024,
+            warmup_sizes=((1280, 960),),
+            batch_size=5,
+            job_queue_size=32,
+        ),
     )
     with serving(config, timeout_s=300) as server:
         yield server

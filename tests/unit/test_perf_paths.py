@@ -174,3 +174,16 @@ def test_allocator_settings_apply_without_error() -> None:
     service._keep_freed_memory()
     service._trim_heap()
     assert service._resident_bytes() > 0
+
+
+def test_cpu_serving_defaults_refuse_rather_than_queue(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(local_serve, "visible_gpus", lambda: 0)
+    monkeypatch.setattr(local_serve, "default_workers", lambda: 1)
+    cpu = local_serve.local_defaults(ServingSettings(score_threshold=0.7))
+    assert (cpu.workers, cpu.batch_size, cpu.job_queue_size) == (1, 1, 1)
+    chosen = local_serve.local_defaults(ServingSettings(batch_size=3, job_queue_size=9))
+    assert (chosen.batch_size, chosen.job_queue_size) == (3, 9)
+    monkeypatch.setattr(local_serve, "visible_gpus", lambda: 2)
+    gpu = local_serve.local_defaults(ServingSettings())
+    default = ServingSettings()
+    assert (gpu.batch_size, gpu.job_queue_size) == (default.batch_size, default.job_queue_size)
