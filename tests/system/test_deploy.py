@@ -31,12 +31,11 @@ from bootstrap.demo_model import write_demo_checkpoint
 from bootstrap.ssh import Connection, HostKeyChangedError, SshError, UploadVerificationError
 from bootstrap.steps.base import INFERENCE_PORT, MANAGEMENT_PORT, METRICS_PORT, MODEL_STORE, UNIT_NAME
 from tests.support import testhost as th
+from tests.support.deployment import guest, served_sha, service_pids, wait_serving
 
 pytestmark = pytest.mark.system
 
 REPO = Path(__file__).resolve().parents[2]
-# Generous: two CPU cores shared with TorchServe's warm-up.
-READY_TIMEOUT_S = 240.0
 
 
 @dataclass
@@ -51,37 +50,6 @@ class Deployed:
     @property
     def endpoint(self) -> str:
         return str(self.result["endpoint"])
-
-
-def guest(info: th.TestHostInfo, cmd: str, timeout: float = 120) -> str:
-    rc, out, err = th.ssh_exec(info, cmd, timeout=timeout)
-    assert rc == 0, f"{cmd!r} failed in the guest ({rc}): {err or out}"
-    return out
-
-
-def service_pids(info: th.TestHostInfo) -> tuple[str, str]:
-    """(systemd's MainPID, the java frontend's pid): a restart changes both."""
-    main = guest(info, f"systemctl show -p MainPID --value {UNIT_NAME}").strip()
-    java = guest(info, "pgrep -u synthdet -x java || true").strip()
-    return main, java
-
-
-def served_sha(info: th.TestHostInfo, name: str = "synthdet") -> str:
-    return guest(info, f"sha256sum {MODEL_STORE}/{name}.mar").split()[0]
-
-
-def wait_serving(url: str, timeout_s: float = READY_TIMEOUT_S) -> float:
-    """Poll until one app-style request succeeds; returns the seconds it took."""
-    started = time.monotonic()
-    last: Exception | None = None
-    while time.monotonic() - started < timeout_s:
-        try:
-            smoke(url, timeout_s=60)
-            return time.monotonic() - started
-        except Exception as exc:  # noqa: BLE001 - any failure means "not yet"
-            last = exc
-            time.sleep(1.0)
-    raise AssertionError(f"{url} did not serve within {timeout_s:.0f} s: {last}")
 
 
 @pytest.fixture(scope="module")
