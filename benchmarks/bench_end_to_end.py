@@ -1,6 +1,6 @@
 """End to end: an app request through the full local serving path vs the bare forward pass.
 
-Starts TorchServe exactly as `synthdet serve` does (bootstrap.local_serve, default
+Starts TorchServe exactly as `synthdet serve` does (synthdet.local_serve, default
 ServingSettings), and measures:
 
 - cold start: service start -> every model READY -> first good answer (a
@@ -27,10 +27,10 @@ from typing import Any
 
 from common import app_frames, checkpoint_or_demo, median, timed
 
-from bootstrap.api import ModelSpec
-from bootstrap.contract import parse_like_app, post_image
-from bootstrap.local_serve import LocalServeConfig, free_port, start_local_server
-from bootstrap.settings import ServingSettings
+from serving.contract import parse_like_app, post_image
+from serving.models import ModelSpec
+from serving.settings import ServingSettings
+from synthdet.local_serve import LocalServeConfig, free_port, start_local_server
 
 
 def cold_start(config: LocalServeConfig, frame: bytes) -> tuple[Any, dict[str, float]]:

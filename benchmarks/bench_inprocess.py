@@ -2,7 +2,7 @@
 
 The reference does what the original handler did: PIL decode, torchvision
 ToTensor, forward with autograd on, batch of one, fp32, keep score > 0.5.
-Ours is the exact TorchServe handler code (bootstrap.inprocess), JPEG bytes in.
+Ours is the exact TorchServe handler code (synthdet.inprocess), JPEG bytes in.
 
 Each pipeline runs in its own process, so its peak RSS is its own; every
 pipeline gets one untimed warm-up pass, then every frame is timed `--repeats`
@@ -24,20 +24,23 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from common import app_frames, checkpoint_or_demo, compare, median, peak_rss_mb, timed
+from common import app_frames, checkpoint_or_demo, compare, median, peak_rss_mb, percentile, timed
 
 PIPELINES = {
     "reference": "original: PIL, ToTensor, autograd on, batch 1, fp32",
     "reference-nograd": "tests/support/reference.py: the same under torch.no_grad",
     "handler": "ours, default (fp32, channels_last backbone on CPU)",
     "handler-contiguous": "ours with channels_last off (bit-identical to the reference's math)",
+    "handler-channels-last": "ours, fp32, channels_last backbone forced (a GPU's default leaves it off)",
     "handler-bf16": "ours, precision=bf16 (opt-in autocast)",
     "handler-fp16": "ours, precision=fp16 (opt-in autocast; GPU only, fp32 on a CPU)",
 }
 DEFAULT_PIPELINES = ("reference", "handler", "handler-contiguous", "handler-bf16")
 
 
-def run_reference(checkpoint: Path, frames: list[bytes], autograd: bool, repeats: int) -> dict[str, Any]:
+def run_reference(
+    checkpoint: Path, frames: list[bytes], autograd: bool, repeats: int, batch: int = 1
+) -> dict[str, Any]:
     import io
 
     import torch
@@ -53,26 +56,31 @@ def run_reference(checkpoint: Path, frames: list[bytes], autograd: bool, repeats
     names = load_label_names(DEFAULT_LABEL_MAP)
 
     def predict(frame: bytes) -> list[dict[str, Any]]:
-        tensor = ToTensor()(Image.open(io.BytesIO(frame)).convert("RGB")).to(device)
+        # `batch` decodes and one forward pass of them all, as a batching server would.
+        tensors = [ToTensor()(Image.open(io.BytesIO(frame)).convert("RGB")).to(device) for _ in range(batch)]
         with torch.set_grad_enabled(autograd):
-            output = model([tensor])[0]
-        return to_contract(output, names, 0.5)  # .cpu() inside: waits for the GPU
+            outputs = model(tensors)
+        return [to_contract(output, names, 0.5) for output in outputs][0]  # .cpu(): waits for the GPU
 
-    return measure(predict, frames, repeats)
+    return measure(predict, frames, repeats, batch)
 
 
 def run_handler(
     checkpoint: Path, frames: list[bytes], variant: str, repeats: int, batch: int
 ) -> dict[str, Any]:
 
-    from bootstrap.inprocess import load_in_process
-    from bootstrap.settings import ServingSettings
+    from serving.settings import ServingSettings
+    from synthdet.inprocess import load_in_process
 
     precision = {"handler-bf16": "bf16", "handler-fp16": "fp16"}.get(variant, "fp32")
     channels_last = variant != "handler-contiguous"
     # measure() warms up itself
     serving = ServingSettings(precision=precision, channels_last=channels_last, warmup_sizes=())
     with load_in_process(checkpoint, serving=serving) as loaded:
+        if variant == "handler-channels-last":  # the handler does this on CPU, and on GPU for fp16/bf16
+            import torch
+
+            loaded.handler.model.backbone.to(memory_format=torch.channels_last)
 
         def predict(frame: bytes) -> list[dict[str, Any]]:
             # `batch` copies of a frame share one pass, as TorchServe batches same-sized frames.
@@ -85,6 +93,9 @@ def measure(predict: Any, frames: list[bytes], repeats: int, batch: int = 1) -> 
     import torch
 
     predict(frames[0])  # warm-up, untimed, as the handler's own warm-up at load
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     detections: list[Any] = []
     wall = [[0.0] * repeats for _ in frames]
     cpu = [[0.0] * repeats for _ in frames]
@@ -98,6 +109,7 @@ def measure(predict: Any, frames: list[bytes], repeats: int, batch: int = 1) -> 
         "cpu_ms": cpu,
         "detections": detections,
         "peak_rss_mb": peak_rss_mb(),
+        "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
         "threads": torch.get_num_threads(),
         "batch": batch,
         "device": "cuda" if torch.cuda.is_available() else "cpu",
@@ -107,7 +119,7 @@ def measure(predict: Any, frames: list[bytes], repeats: int, batch: int = 1) -> 
 def worker(pipeline: str, checkpoint: Path, frames_dir: Path, repeats: int, batch: int) -> None:
     frames = [path.read_bytes() for path in sorted(frames_dir.glob("*.jpg"))]
     if pipeline.startswith("reference"):
-        result = run_reference(checkpoint, frames, pipeline == "reference", repeats)
+        result = run_reference(checkpoint, frames, pipeline == "reference", repeats, batch)
     else:
         result = run_handler(checkpoint, frames, pipeline, repeats, batch)
     print(json.dumps(result))
@@ -125,19 +137,22 @@ def best(per_frame: list[list[float]]) -> float:
     return sum(min(times) for times in per_frame) / len(per_frame)
 
 
-def summarize(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def summarize(runs: dict[str, dict[str, Any]], baseline: str = "reference") -> dict[str, Any]:
+    """Each pipeline against the reference's speed; detections against `baseline`'s."""
     reference = runs["reference"]
     summary: dict[str, Any] = {}
     for name, run in runs.items():
-        comparisons = [
-            compare(got, want) for got, want in zip(run["detections"], reference["detections"], strict=True)
-        ]
+        versus = runs[baseline]["detections"]
+        comparisons = [compare(got, want) for got, want in zip(run["detections"], versus, strict=True)]
         wall, cpu = best(run["wall_ms"]), best(run["cpu_ms"])
+        passes = [value for row in run["wall_ms"] for value in row]
         summary[name] = {
             "description": PIPELINES[name],
             "best_wall_ms": round(wall, 1),
             "best_cpu_ms": round(cpu, 1),
-            "median_wall_ms": round(median([value for row in run["wall_ms"] for value in row]), 1),
+            "median_wall_ms": round(median(passes), 1),
+            "p50_ms": round(percentile(passes, 50), 1),
+            "p90_ms": round(percentile(passes, 90), 1),
             "speedup_wall": round(best(reference["wall_ms"]) / wall, 3),
             "speedup_cpu": round(best(reference["cpu_ms"]) / cpu, 3),
             "batch": run["batch"],
@@ -146,6 +161,8 @@ def summarize(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
             "throughput_fps": round(1000 * run["batch"] / wall, 3),
             "throughput_ratio": round(run["batch"] * best(reference["wall_ms"]) / wall, 3),
             "peak_rss_mb": round(run["peak_rss_mb"], 1),
+            "peak_gpu_mb": round(run["peak_gpu_mb"], 1) if run.get("peak_gpu_mb") is not None else None,
+            "compared_with": baseline,
             "threads": run["threads"],
             "identical_to_reference": all(item["identical"] for item in comparisons),
             "detections": sum(item["count"][0] for item in comparisons),

@@ -14,8 +14,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as `python benchmarks/x.py` from anywhere
     sys.path.insert(0, str(REPO))
 
-from bootstrap.contract import make_test_jpeg  # noqa: E402
-from bootstrap.demo_model import write_demo_checkpoint  # noqa: E402
+from serving.contract import make_test_jpeg  # noqa: E402
+from synthdet.demo_model import write_demo_checkpoint  # noqa: E402
 
 Detections = list[dict[str, Any]]
 
@@ -46,6 +46,14 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
 
 def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100), as `synthdet bench` computes it."""
+    from synthdet.bench import percentile as bench_percentile
+
+    found = bench_percentile(values, q)
+    return float("nan") if found is None else found
 
 
 def compare(got: Detections, want: Detections) -> dict[str, Any]:

@@ -1,17 +1,22 @@
-"""The small typed boundary between the deploy side's callers and the bootstrap.
+"""The small typed boundary between the bootstrap's callers and the bootstrap.
 
-The CLI (`synthdet deploy`) and the Pulumi dynamic provider both build these
-and call `bootstrap.deploy.deploy` / `bootstrap.deploy.undeploy`; nothing
-downstream needs to know which cloud (if any) the host came from.
+`synthdet deploy`, the Pulumi dynamic provider and a replica's boot script all
+build these and call `bootstrap.deploy`; nothing downstream needs to know
+which cloud (if any) the host came from. Each type that crosses a process
+boundary (Pulumi state, a replica's boot.json) has one `to_dict`/`from_dict`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
-from bootstrap.settings import DEFAULT_MODEL_NAME, ServingSettings, check_model_name
+from serving.settings import ServingSettings
+
+DEFAULT_KNOWN_HOSTS = Path.home() / ".config" / "synthdet" / "known_hosts"
 
 
 @dataclass(frozen=True)
@@ -25,27 +30,7 @@ class SshTarget:
     key_pem: str | None = None
     port: int = 22
     # Where host keys are recorded on first contact; a changed key is refused.
-    known_hosts: Path = field(default_factory=lambda: Path.home() / ".config" / "synthdet" / "known_hosts")
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """One model to serve at /predictions/<name>/..."""
-
-    name: str
-    checkpoint: Path
-    label_map: Path | None = None
-
-    def __post_init__(self) -> None:
-        check_model_name(self.name)
-
-    @classmethod
-    def parse(cls, value: str) -> ModelSpec:
-        """`NAME=PATH` or a bare `PATH` (served as `synthdet`)."""
-        name, sep, path = value.partition("=")
-        if sep and name and "/" not in name:
-            return cls(name=name, checkpoint=Path(path).expanduser())
-        return cls(name=DEFAULT_MODEL_NAME, checkpoint=Path(value).expanduser())
+    known_hosts: Path = DEFAULT_KNOWN_HOSTS
 
 
 @dataclass(frozen=True)
@@ -56,10 +41,24 @@ class PipSource:
     find_links: str | None = None
     trusted_hosts: tuple[str, ...] = ()
 
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index_url": self.index_url,
+            "find_links": self.find_links,
+            "trusted_hosts": list(self.trusted_hosts),
+        }
 
-# ---------------------------------------------------------------- deploy
-# Added by the SSH bootstrap (issue #3): what `bootstrap.deploy.deploy` takes
-# and returns. The CLI and the Pulumi provider build/consume these.
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> PipSource:
+        data = data or {}
+        return cls(
+            index_url=data.get("index_url") or None,
+            find_links=data.get("find_links") or None,
+            trusted_hosts=tuple(data.get("trusted_hosts") or ()),
+        )
+
+
+_PATH_FIELDS = ("tls_cert", "tls_key", "work_dir")
 
 
 @dataclass(frozen=True)
@@ -75,7 +74,8 @@ class DeployOptions:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     pip: PipSource = field(default_factory=PipSource)
-    serving: ServingSettings = field(default_factory=lambda: ServingSettings.model_validate({}))
+    serving: ServingSettings = field(default_factory=ServingSettings)
+    # How long to wait for SSH on a host that is still booting (a fresh GPU VM: minutes).
     ssh_wait_timeout_s: float = 600.0
     # Base of the per-build torch indexes (<base>/cu126, .../cpu), or a mirror of it.
     torch_index_url: str | None = None
@@ -86,19 +86,51 @@ class DeployOptions:
     smoke: bool = True
     # The smoke test is not the app: CPU inference takes seconds.
     smoke_timeout_s: float = 120.0
-    # Where model archives are built locally; None: ~/.cache/synthdet/archives.
+    # Where model archives are built locally; None: a temporary directory.
     work_dir: Path | None = None
-    # Allow apt-get to install missing system packages (JRE, nginx, python3-venv).
+    # Allow apt-get to install missing system packages (JRE, nginx, nftables, python3-venv).
     install_system_packages: bool = True
     # Interpreter (on the host) for the service venv; None: the image's when it is
     # >= 3.10, else one found or installed (bootstrap/python_select.py).
     python: str | None = None
+    # Behind a load balancer: the addresses it connects from. nginx then takes the
+    # client's address from X-Forwarded-For (rate limits per phone, not per balancer
+    # node) and answers the balancer's secret-free health path to these only.
+    balancer_cidrs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not 1 <= self.public_port <= 65535:
             raise ValueError(f"public_port {self.public_port} is not a TCP port")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("give both tls_cert and tls_key, or neither (self-signed)")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON values; `from_dict` reads them back (Pulumi state, boot.json)."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for name in _PATH_FIELDS:
+            data[name] = str(data[name]) if data[name] is not None else None
+        data["pip"] = self.pip.to_dict()
+        data["serving"] = self.serving.to_dict()
+        data["balancer_cidrs"] = list(self.balancer_cidrs)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DeployOptions:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown deploy options {unknown} (written by a newer synthdet?)")
+        values = dict(data)
+        for name in _PATH_FIELDS:
+            if values.get(name) is not None:
+                values[name] = Path(values[name])
+        if "pip" in values:
+            values["pip"] = PipSource.from_dict(values["pip"])
+        if "serving" in values:
+            values["serving"] = ServingSettings.model_validate(values["serving"] or {})
+        if "balancer_cidrs" in values:
+            values["balancer_cidrs"] = tuple(values["balancer_cidrs"] or ())
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -115,7 +147,7 @@ class DeployResult:
     # gpu, driver, torch, device ("cuda"/"cpu"), os ...
     host: dict[str, str | None] = field(default_factory=dict)
 
-    def to_json_dict(self) -> dict[str, object]:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "endpoint": self.endpoint,
             "endpoints": self.endpoints,
@@ -128,7 +160,7 @@ class DeployResult:
 
 
 class Progress(Protocol):
-    """How a deploy reports as it goes (rich in the CLI, logs in Pulumi)."""
+    """How a deploy reports as it goes (rich in the CLI, logs in Pulumi, lines at boot)."""
 
     def status(self, message: str) -> None:
         """One line about what is happening now (waiting for SSH, installing ...)."""
@@ -138,3 +170,35 @@ class Progress(Protocol):
 
     def upload(self, label: str, sent: int, total: int) -> None:
         """Bytes of one upload sent so far."""
+
+
+class NullProgress:
+    """Reports nothing (library callers that pass no Progress)."""
+
+    def status(self, message: str) -> None:
+        pass
+
+    def step_done(self, name: str, changed: bool, detail: str = "") -> None:
+        pass
+
+    def upload(self, label: str, sent: int, total: int) -> None:
+        pass
+
+
+class LineProgress:
+    """Progress as plain lines with a prefix: Pulumi's engine log, a replica's boot log."""
+
+    def __init__(self, write: Callable[[str], None], prefix: str) -> None:
+        self.write = write
+        self.prefix = prefix
+
+    def status(self, message: str) -> None:
+        self.write(f"{self.prefix}{message}")
+
+    def step_done(self, name: str, changed: bool, detail: str = "") -> None:
+        state = "changed" if changed else "unchanged"
+        self.write(f"{self.prefix}{name}: {state}{f' ({detail})' if detail else ''}")
+
+    def upload(self, label: str, sent: int, total: int) -> None:
+        if sent == total:
+            self.write(f"{self.prefix}uploaded {label} ({total / 1e6:.1f} MB)")

@@ -16,14 +16,16 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bootstrap.api import DeployOptions, DeployResult, ModelSpec, PipSource
-from bootstrap.settings import ServingSettings
-from bootstrap.ssh import sha256_file
+from bootstrap.api import DeployOptions, DeployResult, LineProgress
+from bootstrap.steps.upload_model import Built
+from serving.inputs import sha256_file
+from serving.models import ModelSpec
 
-CONFIG_VERSION = 1
+CONFIG_VERSION = 2
 # Behind a load balancer the instance is reached by the balancer, not by a name of its
 # own: the certificate names loopback and the final checks (health, one smoke image)
 # go through nginx on this address, exactly the path the balancer's requests take.
@@ -34,30 +36,12 @@ class BootConfigError(ValueError):
     pass
 
 
-def boot_config(
-    *,
-    models: Sequence[dict[str, str]],
-    serving: dict[str, Any],
-    public_port: int,
-    url_secret: str,
-    pip: PipSource,
-    torch_index_url: str = "",
-    torch_version: str = "",
-) -> dict[str, Any]:
+def boot_config(*, models: Sequence[dict[str, str]], options: DeployOptions) -> dict[str, Any]:
     """The JSON the instance reads. `models`: [{"name", "file", "sha256"}] (files beside it)."""
     return {
         "version": CONFIG_VERSION,
         "models": [{"name": m["name"], "file": m["file"], "sha256": m["sha256"]} for m in models],
-        "serving": serving,
-        "public_port": public_port,
-        "url_secret": url_secret,
-        "pip": {
-            "index_url": pip.index_url or "",
-            "find_links": pip.find_links or "",
-            "trusted_hosts": list(pip.trusted_hosts),
-        },
-        "torch_index_url": torch_index_url,
-        "torch_version": torch_version,
+        "options": options.to_dict(),
     }
 
 
@@ -75,9 +59,9 @@ def load_config(path: Path) -> dict[str, Any]:
 
 def deploy_inputs(
     config: dict[str, Any], archive_dir: Path, *, smoke: bool = True
-) -> tuple[list[ModelSpec], DeployOptions, dict[str, tuple[Path, str]]]:
+) -> tuple[list[ModelSpec], DeployOptions, Built]:
     """(models, options, built archives) for `run_steps`; each archive's sha256 is checked."""
-    built: dict[str, tuple[Path, str]] = {}
+    built: Built = {}
     models = []
     for entry in config["models"]:
         path = Path(archive_dir) / entry["file"]
@@ -89,35 +73,11 @@ def deploy_inputs(
         # The checkpoint is not needed here (the archive is built); the steps use the name.
         models.append(ModelSpec(entry["name"], path))
         built[entry["name"]] = (path, got)
-    pip = config.get("pip") or {}
-    options = DeployOptions(
-        public_port=int(config["public_port"]),
-        public_address=LOCAL_ADDRESS,
-        url_secret=config.get("url_secret") or None,
-        pip=PipSource(
-            index_url=pip.get("index_url") or None,
-            find_links=pip.get("find_links") or None,
-            trusted_hosts=tuple(pip.get("trusted_hosts") or ()),
-        ),
-        serving=ServingSettings.model_validate(config.get("serving") or {}),
-        torch_index_url=config.get("torch_index_url") or None,
-        torch_version=config.get("torch_version") or None,
-        smoke=smoke,
-    )
-    return models, options, built
-
-
-class _PrintProgress:
-    """Progress as plain lines: the startup script's log (serial console, journal)."""
-
-    def status(self, message: str) -> None:
-        print(f"synthdet-boot: {message}", flush=True)
-
-    def step_done(self, name: str, changed: bool, detail: str = "") -> None:
-        print(f"synthdet-boot: {name}: {'changed' if changed else 'unchanged'} {detail}".rstrip(), flush=True)
-
-    def upload(self, label: str, sent: int, total: int) -> None:
-        pass
+    try:
+        options = DeployOptions.from_dict(config["options"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BootConfigError(f"bad deploy options in the boot config: {exc}") from exc
+    return models, replace(options, public_address=LOCAL_ADDRESS, smoke=smoke), built
 
 
 def boot(config_path: Path, archive_dir: Path, *, smoke: bool = True) -> DeployResult:
@@ -126,8 +86,9 @@ def boot(config_path: Path, archive_dir: Path, *, smoke: bool = True) -> DeployR
 
     config = load_config(config_path)
     models, options, built = deploy_inputs(config, archive_dir, smoke=smoke)
+    progress = LineProgress(lambda line: print(line, flush=True), "synthdet-boot: ")
     with LocalRunner() as runner:
-        return run_steps(runner, models, options, _PrintProgress(), built, LOCAL_ADDRESS)
+        return run_steps(runner, models, options, progress, built, LOCAL_ADDRESS)
 
 
 def summary(result: DeployResult) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""What a replica fetches at boot: this project's wheel and the model archives.
+"""What a replica fetches at boot: this project's wheel, its locked packages and the model archives.
 
 Built on the deploying machine (at `pulumi up`, or by a test) and put where
 instances can read them: the stack's bucket, or any HTTP directory. Both are
@@ -9,7 +9,6 @@ Object names carry the content hash: a rolling update never mixes versions.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -19,29 +18,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bootstrap.api import ModelSpec
-from bootstrap.settings import ServingSettings
-from bootstrap.ssh import sha256_file
+from serving.archive import cache_dir, cached_archive
+from serving.inputs import sha256_file, sha256_files
+from serving.models import ModelSpec
+from serving.settings import ServingSettings
 
 REPO = Path(__file__).resolve().parents[1]
-CACHE_DIR = Path(os.environ.get("SYNTHDET_CACHE", Path.home() / ".cache" / "synthdet"))
 # What goes into the wheel (pyproject's packages and metadata files).
-WHEEL_SOURCES = ("pyproject.toml", "README.md", "bootstrap", "handler", "infra")
+WHEEL_SOURCES = ("pyproject.toml", "README.md", "bootstrap", "handler", "serving", "synthdet", "infra")
 SKIP_PARTS = {"__pycache__", ".pytest_cache"}
 # Zip timestamps of the wheel: fixed, so a rebuild of the same sources is byte-identical.
 SOURCE_DATE_EPOCH = "315532800"  # 1980-01-01
 
 # Installed beside the wheel (which is installed --no-deps: its own dependency list
-# pulls torch). Exactly what `bootstrap.boot_local` imports, transitively.
-BOOT_REQUIREMENTS = (
-    "pydantic>=2.6",
-    "cryptography>=42",
-    "httpx>=0.27",
-    "paramiko>=3.4",
-    "pyyaml>=6",
-    "pillow>=10",
-    "numpy",
-)
+# pulls torch): what `bootstrap.boot_local` imports, locked with hashes.
+BOOT_REQUIREMENTS = REPO / "bootstrap" / "requirements" / "boot.txt"
 
 
 class BundleError(RuntimeError):
@@ -60,11 +51,13 @@ class Artifact:
 @dataclass(frozen=True)
 class Bundle:
     wheel: Artifact
+    # The boot venv's packages, pinned with hashes (pip --require-hashes).
+    boot_requirements: Artifact
     # model name -> its archive
     archives: dict[str, Artifact]
 
     def files(self) -> list[Artifact]:
-        return [self.wheel, *self.archives.values()]
+        return [self.wheel, self.boot_requirements, *self.archives.values()]
 
 
 def _source_files(repo: Path) -> list[Path]:
@@ -81,22 +74,17 @@ def _source_files(repo: Path) -> list[Path]:
 
 
 def source_hash(repo: Path = REPO) -> str:
-    digest = hashlib.sha256()
-    files = _source_files(repo)
     if not (repo / "pyproject.toml").is_file():
         raise BundleError(
             f"{repo} is not this project's source tree (no pyproject.toml); install it with "
             "`pip install -e .` so the wheel can be built"
         )
-    for path in files:
-        digest.update(path.relative_to(repo).as_posix().encode() + b"\0")
-        digest.update(sha256_file(path).encode() + b"\n")
-    return digest.hexdigest()
+    return sha256_files(_source_files(repo), repo)
 
 
-def build_wheel(repo: Path = REPO, cache_dir: Path | None = None) -> Path:
+def build_wheel(repo: Path = REPO, cache: Path | None = None) -> Path:
     """`pip wheel --no-deps` of this project, built once per source hash (in a copy of the tree)."""
-    out = (cache_dir or CACHE_DIR) / "wheels" / source_hash(repo)[:16]
+    out = (cache or cache_dir()) / "wheels" / source_hash(repo)[:16]
     found = sorted(out.glob("*.whl"))
     if found:
         return found[0]
@@ -127,41 +115,11 @@ def build_wheel(repo: Path = REPO, cache_dir: Path | None = None) -> Path:
 
 
 def build_archives(
-    models: Sequence[ModelSpec], serving: ServingSettings, cache_dir: Path | None = None
+    models: Sequence[ModelSpec], serving: ServingSettings, cache: Path | None = None
 ) -> dict[str, Path]:
-    """Each model's .mar, cached by the hash of checkpoint, label map, handler and settings."""
-    from bootstrap.archive import build_archive
-    from bootstrap.steps.base import sha256_text
-
-    handler_hash = source_hash_of(REPO / "handler")
-    archives = {}
-    for spec in models:
-        key = sha256_text(
-            "\n".join(
-                [
-                    spec.name,
-                    sha256_file(spec.checkpoint),
-                    sha256_file(spec.label_map) if spec.label_map else "",
-                    handler_hash,
-                    serving.model_dump_json(),
-                ]
-            )
-        )[:16]
-        out = (cache_dir or CACHE_DIR) / "archives" / key
-        mar = out / f"{spec.name}.mar"
-        if not mar.is_file():
-            build_archive(
-                spec.checkpoint, out, model_name=spec.name, label_map=spec.label_map, serving=serving
-            )
-        archives[spec.name] = mar
-    return archives
-
-
-def source_hash_of(root: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + sha256_file(path).encode())
-    return digest.hexdigest()
+    """Each model's .mar, from the archive cache (keyed by everything it is built from)."""
+    archives_dir = cache / "archives" if cache else None
+    return {spec.name: cached_archive(spec, serving, archives_dir) for spec in models}
 
 
 def artifact(path: Path, folder: str) -> Artifact:
@@ -170,12 +128,11 @@ def artifact(path: Path, folder: str) -> Artifact:
     return Artifact(path=path, sha256=sha, object_name=f"{folder}/{sha[:16]}/{path.name}")
 
 
-def build_bundle(
-    models: Sequence[ModelSpec], serving: ServingSettings, cache_dir: Path | None = None
-) -> Bundle:
-    wheel = build_wheel(cache_dir=cache_dir)
-    archives = build_archives(models, serving, cache_dir)
+def build_bundle(models: Sequence[ModelSpec], serving: ServingSettings, cache: Path | None = None) -> Bundle:
+    wheel = build_wheel(cache=cache)
+    archives = build_archives(models, serving, cache)
     return Bundle(
         wheel=artifact(wheel, "wheels"),
+        boot_requirements=artifact(BOOT_REQUIREMENTS, "requirements"),
         archives={name: artifact(path, "models") for name, path in archives.items()},
     )

@@ -11,10 +11,8 @@ import json
 import re
 import shlex
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from bootstrap.ssh import Connection
+from bootstrap.runner import Runner
 
 
 # --------------------------------------------------------------------- OS
@@ -278,12 +276,6 @@ def parse_is_enabled(text: str) -> bool:
     return (text.split() or ["disabled"])[0] in ("enabled", "enabled-runtime", "alias", "static")
 
 
-def parse_sha256sum(text: str) -> str | None:
-    """`sha256sum FILE` -> the hex digest; empty output (no file) -> None."""
-    m = re.match(r"\s*\\?([0-9a-f]{64})\s", text + " ")
-    return m.group(1) if m else None
-
-
 def parse_dpkg_status(text: str) -> dict[str, str]:
     """`dpkg -s PKG...` paragraphs -> {package: version} of the installed ones.
 
@@ -352,7 +344,7 @@ def parse_meminfo_mb(text: str) -> int:
     return int(m.group(1)) // 1024 if m else 0
 
 
-def gather_host_facts(conn: Connection) -> HostFacts:
+def gather_host_facts(conn: Runner) -> HostFacts:
     os_info = parse_os_release(conn.run("cat /etc/os-release", sudo=False).stdout)
     basics = conn.run("uname -m; nproc; cat /proc/meminfo", sudo=False).stdout.splitlines()
     arch = basics[0].strip() if basics else ""
@@ -402,3 +394,49 @@ def gather_host_facts(conn: Connection) -> HostFacts:
             g = gpus[0]
             gpus[0] = GpuInfo(g.name, g.driver_version, cap, g.memory_mb)
     return HostFacts(os_info, arch, cpus, memory_mb, tuple(gpus), tuple(pythons), smi_error)
+
+
+# --------------------------------------------------------------- accounts
+@dataclass(frozen=True)
+class Account:
+    """A local account as `getent passwd` and `id -Gn` describe it."""
+
+    name: str
+    uid: int
+    gid: int
+    home: str
+    shell: str
+    # Every group it is in, its primary group included.
+    groups: tuple[str, ...] = ()
+
+
+def parse_account(passwd_line: str, groups_line: str = "") -> Account | None:
+    """`getent passwd NAME` (+ `id -Gn NAME`) -> Account; no such account -> None."""
+    fields = passwd_line.strip().split(":")
+    if len(fields) < 7 or not fields[2].isdigit() or not fields[3].isdigit():
+        return None
+    return Account(
+        name=fields[0],
+        uid=int(fields[2]),
+        gid=int(fields[3]),
+        home=fields[5],
+        shell=fields[6],
+        groups=tuple(groups_line.split()),
+    )
+
+
+def account_query(name: str) -> str:
+    """Shell printing the passwd line, then the groups, of `name` (nothing when absent)."""
+    q = shlex.quote(name)
+    return f"getent passwd {q} && id -Gn {q} || true"
+
+
+def parse_account_query(text: str) -> Account | None:
+    lines = text.splitlines()
+    return parse_account(lines[0], lines[1] if len(lines) > 1 else "") if lines else None
+
+
+def parse_nginx_user(conf: str) -> str:
+    """The `user` nginx's workers run as (nginx.conf's `user NAME [GROUP];`)."""
+    m = re.search(r"^\s*user\s+([A-Za-z0-9_.-]+)", conf, flags=re.MULTILINE)
+    return m.group(1) if m else "www-data"

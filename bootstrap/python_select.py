@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from bootstrap.facts import (
@@ -138,12 +139,16 @@ def find_on_host(ctx: Context, names: tuple[str, ...]) -> list[HostPython]:
     return parse_interpreters(res.stdout)
 
 
-def try_apt(ctx: Context) -> str:
-    """Install python3.X-venv from the distribution when it has one; '' or why not."""
+class NotInstalled(DeployError):
+    """One way of getting a Python did not work; the message says why."""
+
+
+def try_apt(ctx: Context) -> None:
+    """Install python3.X-venv from the distribution when it has one, or raise NotInstalled."""
     if not ctx.facts.os.is_debian_like:
-        return f"apt: {ctx.facts.os.pretty_name} is not Debian/Ubuntu"
+        raise NotInstalled(f"apt: {ctx.facts.os.pretty_name} is not Debian/Ubuntu")
     if not ctx.options.install_system_packages:
-        return "apt: not allowed (install_system_packages is off)"
+        raise NotInstalled("apt: not allowed (install_system_packages is off)")
     wanted = [f"python{v}-venv" for v in HOST_VERSIONS]
     apt = "apt-get -o DPkg::Lock::Timeout=300"
     # Cloud images often boot with empty package lists: update before asking.
@@ -156,7 +161,7 @@ def try_apt(ctx: Context) -> str:
     candidates = parse_apt_candidates(policy.stdout)
     package = next((p for p in wanted if p in candidates), None)
     if package is None:
-        return f"apt: {ctx.facts.os.pretty_name} has no {'/'.join(wanted)}"
+        raise NotInstalled(f"apt: {ctx.facts.os.pretty_name} has no {'/'.join(wanted)}")
     interpreter = package.removesuffix("-venv")
     ctx.progress.status(f"installing {interpreter} with apt (the image's Python is too old)")
     res = ctx.conn.run(
@@ -166,10 +171,9 @@ def try_apt(ctx: Context) -> str:
         timeout_s=1800,
     )
     if not res.ok:
-        return f"apt: installing {package} failed: {(res.stderr or res.stdout).strip()[-300:]}"
+        raise NotInstalled(f"apt: installing {package} failed: {(res.stderr or res.stdout).strip()[-300:]}")
     # Recorded so undeploy removes it like the other packages deploy installed.
     ctx.state.apt_installed = sorted({*ctx.state.apt_installed, interpreter, package})
-    return ""
 
 
 def uv_install_script(
@@ -212,22 +216,24 @@ def uv_env(python_dir: str = PYTHON_DIR) -> dict[str, str]:
     return env
 
 
-def try_uv(ctx: Context, pip_args: list[str]) -> str:
-    """Install Python with uv; '' or why not (uv needs PyPI/a mirror, then GitHub/a mirror)."""
+def try_uv(ctx: Context, pip_args: list[str]) -> None:
+    """Install Python with uv, or raise NotInstalled (uv needs PyPI/a mirror, then GitHub/a mirror)."""
     base = ctx.facts.pythons[0].python if ctx.facts.pythons else "python3"
     ctx.progress.status(f"installing Python {UV_VERSION} with uv into {PYTHON_DIR}")
     env = uv_env()
     res = ctx.conn.run(uv_install_script(pip_args, base), check=False, timeout_s=1200, env=env)
     if res.ok:
-        return ""
+        return
     tail = (res.stderr or res.stdout).strip()[-700:]
     if UV_READY not in res.stdout:
-        return (
+        raise NotInstalled(
             "uv: could not pip-install uv from the package index (check --pip-index-url / "
             f"--pip-find-links): {tail}"
         )
     source = f"the mirror {env[MIRROR_ENV]}" if MIRROR_ENV in env else "GitHub (no internet?)"
-    return f"uv: could not download Python {UV_VERSION} (python-build-standalone) from {source}: {tail}"
+    raise NotInstalled(
+        f"uv: could not download Python {UV_VERSION} (python-build-standalone) from {source}: {tail}"
+    )
 
 
 def resolve(ctx: Context, pip_args: list[str]) -> SelectedPython:
@@ -245,10 +251,18 @@ def resolve(ctx: Context, pip_args: list[str]) -> SelectedPython:
         origin = "uv" if found.path.startswith(f"{PYTHON_DIR}/") else "host"
         return SelectedPython(found.path, version_text(found.version), origin)
     tried = [f"no python{'/'.join(HOST_VERSIONS)} with venv support on the host"]
-    for source, install in (("apt", lambda: try_apt(ctx)), ("uv", lambda: try_uv(ctx, pip_args))):
-        why = install()
-        found = None if why else pick_host(find_on_host(ctx, host_candidates()))
+    installers: tuple[tuple[str, Callable[[], None]], ...] = (
+        ("apt", lambda: try_apt(ctx)),
+        ("uv", lambda: try_uv(ctx, pip_args)),
+    )
+    for source, install in installers:
+        try:
+            install()
+        except NotInstalled as exc:
+            tried.append(str(exc))
+            continue
+        found = pick_host(find_on_host(ctx, host_candidates()))
         if found is not None:
             return SelectedPython(found.path, version_text(found.version), source)
-        tried.append(why or f"{source}: installed, but found no usable Python >= 3.10 after it")
+        tried.append(f"{source}: installed, but found no usable Python >= 3.10 after it")
     raise too_old_error(facts, tried)

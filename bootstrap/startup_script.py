@@ -11,16 +11,16 @@ The script holds no secret: the URL secret is in boot.json, in the bucket.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shlex
 from typing import Any
 
 from bootstrap.api import PipSource
-from bootstrap.bundle import BOOT_REQUIREMENTS, Bundle
+from bootstrap.bundle import Bundle
 from bootstrap.steps.base import render_template
 from bootstrap.steps.venv import pip_args
+from serving.inputs import sha256_bytes
 
 TEMPLATE = "startup.sh"
 SOURCE_PATTERN = re.compile(r"^(gs|s3)://[a-z0-9][a-z0-9._-]{1,220}(/[A-Za-z0-9._/-]*)?$|^https?://\S+$")
@@ -30,7 +30,7 @@ ATTEMPTS = 3
 
 def config_object_name(config_json: str) -> str:
     """Content-addressed: a changed config is a new object (and a new script: a rollout)."""
-    return f"config/{hashlib.sha256(config_json.encode()).hexdigest()[:16]}/boot.json"
+    return f"config/{sha256_bytes(config_json)[:16]}/boot.json"
 
 
 def config_json(config: dict[str, Any]) -> str:
@@ -58,7 +58,8 @@ def render_startup_script(
         wheel_object=q(bundle.wheel.object_name),
         wheel_digest=q(bundle.wheel.sha256),
         archives=q(archives),
-        boot_requirements=q(" ".join(BOOT_REQUIREMENTS)),
+        requirements_object=q(bundle.boot_requirements.object_name),
+        requirements_digest=q(bundle.boot_requirements.sha256),
         pip_args=shlex.join(pip_args(pip or PipSource())),
         attempts=int(attempts),
     )

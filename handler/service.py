@@ -20,7 +20,6 @@ import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from handler.detections import Detection, to_contract, to_json
 from handler.errors import CorruptImage, InferenceFailed, RequestError
 from handler.imaging import decode_image, jpeg_for_gpu, request_bytes, to_tensor
 from handler.labels import DEFAULT_LABEL_MAP, load_label_names
+from handler.settings import HandlerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -44,29 +44,6 @@ M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 # Resident memory above the warm-up's by this factor is returned to the OS after a batch.
 MEMORY_HEADROOM = 1.2
-
-
-@dataclass(frozen=True)
-class HandlerSettings:
-    """The `handler:` section of model-config.yaml (written by `synthdet archive`)."""
-
-    score_threshold: float = 0.5
-    max_image_pixels: int = 40_000_000
-    precision: str = "fp32"
-    channels_last: bool = True
-    warmup_sizes: tuple[tuple[int, int], ...] = ((1280, 960),)
-
-    @classmethod
-    def from_yaml(cls, config: Mapping[str, Any] | None) -> HandlerSettings:
-        section = dict((config or {}).get("handler") or {})
-        sizes = section.get("warmup_sizes", cls.warmup_sizes)
-        return cls(
-            score_threshold=float(section.get("score_threshold", cls.score_threshold)),
-            max_image_pixels=int(section.get("max_image_pixels", cls.max_image_pixels)),
-            precision=str(section.get("precision", cls.precision)),
-            channels_last=bool(section.get("channels_last", cls.channels_last)),
-            warmup_sizes=tuple((int(w), int(h)) for w, h in sizes),
-        )
 
 
 class SynthDetHandler(BaseHandler):  # type: ignore[misc]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,23 +28,16 @@ import pulumi.dynamic as dyn
 from pulumi.runtime import rpc
 
 if TYPE_CHECKING:
-    from bootstrap.api import DeployOptions, DeployResult, ModelSpec, SshTarget
+    from bootstrap.api import DeployOptions, DeployResult, SshTarget
+    from serving.models import ModelSpec
 
 # A change in one of these means another machine: deploy there, undeploy here.
 REPLACE_KEYS = ("host", "port", "user", "instance_id")
 # A change in one of these means the same machine needs a redeploy.
-UPDATE_KEYS = (
-    "fingerprints",
-    "serving",
-    "public_port",
-    "url_secret",
-    "pip",
-    "torch_index_url",
-    "torch_version",
-    "private_key",
-)
+UPDATE_KEYS = ("fingerprints", "options", "url_secret", "private_key")
 SECRET_OUTPUTS = ["private_key", "url_secret", "endpoint", "endpoints"]
-DELETE_TIMEOUT_S = 30.0
+# `pulumi destroy` of a host that is gone must not wait long for SSH.
+DELETE_SSH_WAIT_S = 30.0
 
 
 def plain(value: Any) -> Any:
@@ -99,42 +92,19 @@ def ssh_target(props: Mapping[str, Any]) -> SshTarget:
 
 
 def model_specs(props: Mapping[str, Any]) -> list[ModelSpec]:
-    from bootstrap.api import ModelSpec
+    from serving.models import ModelSpec
 
-    return [
-        ModelSpec(
-            name=m["name"],
-            checkpoint=Path(m["checkpoint"]),
-            label_map=Path(m["label_map"]) if m.get("label_map") else None,
-        )
-        for m in props["models"]
-    ]
+    return [ModelSpec.from_dict(m) for m in props["models"]]
 
 
 def deploy_options(props: Mapping[str, Any], *, deleting: bool = False) -> DeployOptions:
-    from bootstrap.api import DeployOptions, PipSource
-    from bootstrap.settings import ServingSettings
+    """The options the program wrote (`DeployOptions.to_dict`), plus the secret and address."""
+    from bootstrap.api import DeployOptions
 
-    pip = props.get("pip") or {}
-    timeout = (
-        float(props.get("delete_timeout_s") or DELETE_TIMEOUT_S)
-        if deleting
-        else float(props.get("ssh_wait_timeout_s") or 600.0)
+    options = DeployOptions.from_dict(
+        {**props["options"], "url_secret": props.get("url_secret") or None, "public_address": props["host"]}
     )
-    return DeployOptions(
-        public_port=int(props["public_port"]),
-        public_address=props.get("public_address") or props["host"],
-        url_secret=props.get("url_secret") or None,
-        pip=PipSource(
-            index_url=pip.get("index_url") or None,
-            find_links=pip.get("find_links") or None,
-            trusted_hosts=tuple(pip.get("trusted_hosts") or ()),
-        ),
-        serving=ServingSettings.model_validate(props.get("serving") or {}),
-        ssh_wait_timeout_s=timeout,
-        torch_index_url=props.get("torch_index_url") or None,
-        torch_version=props.get("torch_version") or None,
-    )
+    return replace(options, ssh_wait_timeout_s=DELETE_SSH_WAIT_S) if deleting else options
 
 
 def result_outputs(props: Mapping[str, Any], result: DeployResult) -> dict[str, Any]:
@@ -149,25 +119,11 @@ def result_outputs(props: Mapping[str, Any], result: DeployResult) -> dict[str, 
     }
 
 
-class _LogProgress:
-    """Deploy progress as engine log lines (shown by `pulumi up`), stderr as a fallback."""
-
-    def status(self, message: str) -> None:
-        _log(message)
-
-    def step_done(self, name: str, changed: bool, detail: str = "") -> None:
-        _log(f"{name}: {'changed' if changed else 'unchanged'}{f' ({detail})' if detail else ''}")
-
-    def upload(self, label: str, sent: int, total: int) -> None:
-        if sent == total:
-            _log(f"uploaded {label} ({total / 1e6:.1f} MB)")
-
-
 def _log(message: str) -> None:
     try:
-        pulumi.log.info(f"synthdet bootstrap: {message}")
+        pulumi.log.info(message)
     except Exception:  # noqa: BLE001 - logging must never fail a deploy
-        print(f"synthdet bootstrap: {message}", file=sys.stderr, flush=True)
+        print(message, file=sys.stderr, flush=True)
 
 
 class BootstrapProvider(dyn.ResourceProvider):
@@ -195,12 +151,14 @@ class BootstrapProvider(dyn.ResourceProvider):
         try:
             undeploy(ssh_target(props), deploy_options(props, deleting=True))
         except Exception as exc:  # noqa: BLE001 - a gone VM must not block `pulumi destroy`
-            _log(f"undeploy on {props.get('host')} skipped ({type(exc).__name__}: {exc})")
+            _log(f"synthdet bootstrap: undeploy on {props.get('host')} skipped ({type(exc).__name__}: {exc})")
 
     def _deploy(self, props: dict[str, Any]) -> DeployResult:
+        from bootstrap.api import LineProgress
         from bootstrap.deploy import deploy
 
-        return deploy(ssh_target(props), model_specs(props), deploy_options(props), _LogProgress())
+        progress = LineProgress(_log, "synthdet bootstrap: ")
+        return deploy(ssh_target(props), model_specs(props), deploy_options(props), progress)
 
 
 @dataclass
@@ -211,20 +169,15 @@ class BootstrapArgs:
     user: str
     private_key: pulumi.Input[str]  # secret
     instance_id: pulumi.Input[str]
-    models: list[dict[str, str | None]]
-    fingerprints: dict[str, str]
-    serving: dict[str, Any]
-    public_port: int
+    models: list[ModelSpec]
+    options: DeployOptions  # without the URL secret (passed apart, as a secret)
     url_secret: pulumi.Input[str]  # secret
     port: int = 22
     known_hosts: pulumi.Input[str] | None = None
-    pip: dict[str, Any] = field(default_factory=dict)
-    torch_index_url: str = ""
-    torch_version: str = ""
-    ssh_wait_timeout_s: float = 900.0
-    delete_timeout_s: float = DELETE_TIMEOUT_S
 
     def props(self) -> dict[str, Any]:
+        from serving.archive import archive_key
+
         return {
             "host": self.host,
             "port": self.port,
@@ -232,16 +185,12 @@ class BootstrapArgs:
             "private_key": pulumi.Output.secret(self.private_key),
             "instance_id": self.instance_id,
             "known_hosts": self.known_hosts,
-            "models": self.models,
-            "fingerprints": self.fingerprints,
-            "serving": self.serving,
-            "public_port": self.public_port,
+            "models": [m.to_dict() for m in self.models],
+            # Computed here, on every preview: the plan shows "update" exactly when a
+            # checkpoint, label map, the handler's source or the serving settings changed.
+            "fingerprints": {m.name: archive_key(m, self.options.serving) for m in self.models},
+            "options": {k: v for k, v in self.options.to_dict().items() if k != "url_secret"},
             "url_secret": pulumi.Output.secret(self.url_secret),
-            "pip": self.pip,
-            "torch_index_url": self.torch_index_url,
-            "torch_version": self.torch_version,
-            "ssh_wait_timeout_s": self.ssh_wait_timeout_s,
-            "delete_timeout_s": self.delete_timeout_s,
             # Outputs, filled in by create/update.
             "endpoint": None,
             "endpoints": None,

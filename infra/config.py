@@ -21,8 +21,10 @@ from typing import Any, Literal
 import pulumi
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from bootstrap.api import ModelSpec, PipSource
-from bootstrap.settings import ServingSettings
+from bootstrap.api import DeployOptions, PipSource
+from bootstrap.steps.base import SERVICE_USER
+from serving.models import ModelSpec
+from serving.settings import ServingSettings
 
 PROJECT = "synthdet"
 # Relative paths in the config (model, label map, key) are relative to this
@@ -84,7 +86,7 @@ class StackConfig(BaseModel):
     pip_trusted_hosts: tuple[str, ...] = Field((), alias="pipTrustedHosts")
     torch_index_url: str = Field("", alias="torchIndexUrl")
     torch_version: str = Field("", alias="torchVersion")
-    show_qr: bool = Field(True, alias="showQr")
+    show_qr: bool = Field(False, alias="showQr")
     # Scale-out (docs/scale-out.md): more than one replica, or an autoscaling range,
     # puts instances behind the cloud's load balancer; 1 keeps the single host.
     replicas: int = Field(1, ge=1, le=100)
@@ -137,11 +139,28 @@ class StackConfig(BaseModel):
         specs = []
         for value in (self.model, *self.extra_models):
             spec = ModelSpec.parse(value)
-            specs.append(ModelSpec(spec.name, resolve_path(str(spec.checkpoint)), label_map=label_map))
+            checkpoint = resolve_path(str(spec.checkpoint))
+            if not checkpoint.is_file():
+                raise ConfigError(
+                    f"synthdet:model/extraModels: checkpoint {checkpoint} "
+                    f"of model {spec.name!r} does not exist"
+                )
+            specs.append(ModelSpec(spec.name, checkpoint, label_map=label_map))
         names = [s.name for s in specs]
         if len(set(names)) != len(names):
             raise ConfigError(f"synthdet:model/extraModels: model names repeat: {names}")
         return specs
+
+    def deploy_options(self, **overrides: Any) -> DeployOptions:
+        """What the bootstrap needs from this stack (the URL secret and addresses come later)."""
+        return DeployOptions(
+            public_port=self.public_port,
+            pip=self.pip_source(),
+            serving=self.serving_settings,
+            torch_index_url=self.torch_index_url or None,
+            torch_version=self.torch_version or None,
+            **overrides,
+        )
 
     def pip_source(self) -> PipSource:
         return PipSource(
@@ -238,6 +257,17 @@ def _explain(exc: ValidationError) -> str:
 def _check_cloud_keys(stack: StackConfig) -> None:
     if stack.behind_load_balancer and stack.cloud == "ssh":
         raise ConfigError("synthdet:replicas/maxReplicas need a cloud (gcp or aws), not the ssh stack")
+    if stack.behind_load_balancer and stack.gpu == "m60":
+        raise ConfigError(
+            "synthdet:replicas/maxReplicas cannot use gpu m60: its image's Python is 3.8, too old for "
+            "the replicas' unattended bootstrap, so every instance would fail its health check and be "
+            "replaced forever while billing. Use gpu t4 for replicas, or one m60 host (replicas: 1)."
+        )
+    if stack.ssh_user == SERVICE_USER:
+        raise ConfigError(
+            f"synthdet:sshUser {SERVICE_USER!r} is the name of the account the model runs as; "
+            "log in as another user (the default is fine)"
+        )
     if stack.max_replicas and stack.max_replicas < stack.replicas:
         raise ConfigError(
             f"synthdet:maxReplicas ({stack.max_replicas}) is below synthdet:replicas ({stack.replicas}); "

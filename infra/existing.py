@@ -10,8 +10,14 @@ from dataclasses import dataclass
 
 import pulumi
 
-from infra.config import resolve_path
+from infra.config import ConfigError, Settings, resolve_path
+from infra.fleet import Fleet
 from infra.host import Host, read_key_file
+
+NAME = "synthdet"
+DEFAULT_SSH_USER = "root"
+
+__all__ = ["build_fleet", "build_host"]
 
 
 @dataclass
@@ -48,3 +54,22 @@ class ExistingHost(pulumi.ComponentResource):
             ready=[self],
         )
         self.register_outputs({"public_ip": self.public_ip, "instance_id": self.instance_id})
+
+
+def build_host(settings: Settings) -> Host:
+    stack = settings.stack
+    return ExistingHost(
+        NAME,
+        ExistingHostArgs(
+            host=stack.ssh_host,
+            user=stack.ssh_user or DEFAULT_SSH_USER,
+            key_path=stack.ssh_private_key_path,
+            port=stack.ssh_port,
+            gpu=stack.gpu or None,
+        ),
+    ).host
+
+
+def build_fleet(settings: Settings, url_secret: pulumi.Output[str]) -> Fleet:
+    # Config validation refuses replicas on the ssh stack already; this is the backstop.
+    raise ConfigError("replicas need a cloud stack (gcp or aws): an existing host has no load balancer")

@@ -1,70 +1,41 @@
-"""What the scale-out components share: their arguments, their result, the LB's rules.
+"""What every cloud's scale-out shares: the result's shape, the boot files, health timings.
 
 A fleet is N GPU instances behind the cloud's own HTTPS load balancer. Each
 instance bootstraps itself at boot (the startup script runs the same deploy
-steps as the SSH path) and serves nginx + TorchServe on the instance port,
-reachable only from the load balancer. The balancer terminates TLS for the
-phone and routes only the secret's paths; everything else is its own 404.
+steps as the SSH path, from a private bucket the stack fills) and serves
+nginx + TorchServe on the instance port, reachable only from the balancer.
+The balancer terminates TLS for the phone and routes only the secret's paths;
+its health checks use a path without the secret (`LB_HEALTH_PATH`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import pulumi
-import pulumi_tls as tls
 
-from bootstrap.api import PipSource
-from bootstrap.bundle import Bundle
-from bootstrap.startup_script import render_startup_script
-from infra.images import ImageChoice
+from bootstrap.boot_local import boot_config
+from bootstrap.bundle import Bundle, build_bundle
+from bootstrap.startup_script import config_json, config_models, render_startup_script
+from infra.config import Settings
+from infra.images import Cloud, ImageChoice, select_image
+from infra.pricing import Estimate, fleet_hourly, load_balancer_hourly, warn_missing
 
 # In-flight requests get this long to finish when an instance leaves (the app times out
 # after 2 s; TorchServe's own response timeout is far shorter than this in practice).
 DRAIN_S = 30
-# Health checks: the health path under the secret (nginx answers nothing else).
 HEALTH_INTERVAL_S = 10
 HEALTH_TIMEOUT_S = 5
 HEALTHY_THRESHOLD = 2
 UNHEALTHY_THRESHOLD = 3
 # A fresh GPU instance: boot, driver, venv, pip, TorchServe start and warm-up.
 BOOT_GRACE_S = 1800
-# Self-signed certificate for the balancer when no domain is configured.
-CERT_VALIDITY_HOURS = 5 * 365 * 24
-CERT_RENEW_HOURS = 30 * 24
-
-
-@dataclass
-class FleetArgs:
-    """Everything a cloud's fleet component needs; cloud-specific fields are in its own args."""
-
-    bundle: Bundle
-    config_json: pulumi.Output[str]  # secret: boot.json
-    url_secret: pulumi.Output[str]  # secret
-    machine_type: str
-    gpu: str
-    image: ImageChoice
-    min_replicas: int
-    max_replicas: int
-    requests_per_replica: int
-    public_port: int
-    endpoint_cidrs: list[str]
-    disk_size_gb: int = 125
-    spot: bool = False
-    image_override: str = ""
-    domain: str = ""
-    # Where the boot venv gets its packages (None: PyPI).
-    pip: PipSource | None = None
-    labels: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def autoscaling(self) -> bool:
-        return self.max_replicas > self.min_replicas
 
 
 @dataclass(frozen=True)
 class Fleet:
-    """What every fleet component returns, whatever the cloud (like `Host` for one VM)."""
+    """What every fleet returns, whatever the cloud (like `Host` for one VM)."""
 
     # https://ADDRESS[:PORT]: the balancer's URL without a path.
     base_url: pulumi.Output[str]
@@ -80,60 +51,102 @@ class Fleet:
     dns_records: pulumi.Output[list[dict[str, str]]]
 
 
-def health_path(secret: str) -> str:
-    return f"/{secret}/ping"
+@dataclass(frozen=True)
+class ReplicaFiles:
+    """What instances fetch at boot: the bundle (wheel, archives) and boot.json (secret)."""
+
+    bundle: Bundle
+    config_json: pulumi.Output[str]
 
 
-def predictions_prefix(secret: str) -> str:
-    return f"/{secret}/predictions/"
+def replica_files(
+    settings: Settings, url_secret: pulumi.Output[str], balancer_cidrs: pulumi.Input[Sequence[str]]
+) -> ReplicaFiles:
+    """Build the bundle here (at `pulumi up`) and the boot config the instances read.
 
-
-def base_url(address: str, port: int) -> str:
-    return f"https://{address}" if port == 443 else f"https://{address}:{port}"
-
-
-def startup_script(
-    args: FleetArgs, source: pulumi.Output[str], config_object: pulumi.Output[str]
-) -> pulumi.Output[str]:
-    """The bash script every instance runs at boot (no secret in it)."""
-    return pulumi.Output.all(source, config_object).apply(
-        lambda v: render_startup_script(source=v[0], bundle=args.bundle, config_object=v[1], pip=args.pip)
+    `balancer_cidrs`: where the balancer connects from; nginx trusts its
+    X-Forwarded-For and answers its health checks (and nobody else's).
+    """
+    stack = settings.stack
+    models = stack.model_specs()
+    bundle = build_bundle(models, stack.serving_settings)
+    config = pulumi.Output.all(url_secret, balancer_cidrs).apply(
+        lambda values: config_json(
+            boot_config(
+                models=config_models(bundle),
+                options=stack.deploy_options(url_secret=values[0], balancer_cidrs=tuple(values[1])),
+            )
+        )
     )
+    return ReplicaFiles(bundle=bundle, config_json=pulumi.Output.secret(config))
 
 
 @dataclass(frozen=True)
-class SelfSigned:
-    cert_pem: pulumi.Output[str]
-    key_pem: pulumi.Output[str]  # secret
+class ReplicaShape:
+    """What every replica is, whatever the cloud: read once from the stack's settings."""
+
+    machine_type: str
+    image: ImageChoice
+    # synthdet:image, when the user named an image of their own ("" = `image`).
+    image_override: str
+    disk_size_gb: int
+    spot: bool
+    public_port: int
+    min_replicas: int
+    max_replicas: int
+    startup_script: pulumi.Output[str]
+    # What must exist before instances boot (the bucket's objects).
+    depends_on: list[pulumi.Resource]
+
+    @property
+    def autoscaling(self) -> bool:
+        return self.max_replicas > self.min_replicas
 
 
-def self_signed(
-    name: str,
-    parent: pulumi.Resource,
+def replica_shape(
+    settings: Settings,
+    cloud: Cloud,
+    bundle: Bundle,
     *,
-    ip_addresses: pulumi.Input[list[str]] | None = None,
-    dns_names: pulumi.Input[list[str]] | None = None,
-    common_name: pulumi.Input[str] = "synthdet",
-) -> SelfSigned:
-    """A certificate for the balancer's address (the app accepts any certificate)."""
-    child = pulumi.ResourceOptions(parent=parent)
-    # RSA 2048: what both clouds' load balancers take for uploaded certificates.
-    key = tls.PrivateKey(f"{name}-tls-key", algorithm="RSA", rsa_bits=2048, opts=child)
-    cert = tls.SelfSignedCert(
-        f"{name}-tls-cert",
-        private_key_pem=key.private_key_pem,
-        subject=tls.SelfSignedCertSubjectArgs(common_name=common_name, organization="synthdet"),
-        ip_addresses=ip_addresses,
-        dns_names=dns_names,
-        validity_period_hours=CERT_VALIDITY_HOURS,
-        early_renewal_hours=CERT_RENEW_HOURS,
-        allowed_uses=["key_encipherment", "digital_signature", "server_auth"],
-        opts=child,
+    source: pulumi.Output[str],
+    config_object: pulumi.Output[str],
+    objects: list[pulumi.Resource],
+) -> ReplicaShape:
+    """The replicas' shape: `source` is the bucket's URL, `config_object` boot.json's name."""
+    stack = settings.stack
+    low, high = stack.replica_range
+    return ReplicaShape(
+        machine_type=stack.resolved_machine_type(),
+        image=select_image(cloud, stack.gpu),
+        image_override=stack.image,
+        disk_size_gb=stack.disk_size_gb,
+        spot=stack.spot,
+        public_port=stack.public_port,
+        min_replicas=low,
+        max_replicas=high,
+        startup_script=startup_script(settings, bundle, source, config_object),
+        depends_on=objects,
     )
-    return SelfSigned(cert_pem=cert.cert_pem, key_pem=pulumi.Output.secret(key.private_key_pem))
 
 
-def fingerprint(cert_pem: pulumi.Output[str]) -> pulumi.Output[str | None]:
-    from bootstrap.certs import fingerprint_sha256
+def fleet_cost(per_replica: Estimate, replicas: int, cloud: Cloud, region: str) -> float | None:
+    """Dollars per hour for `replicas` instances and the balancer (None when a price is missing)."""
+    balancer = warn_missing(load_balancer_hourly(cloud, region))
+    return fleet_hourly(per_replica, replicas, balancer).rounded()
 
-    return cert_pem.apply(lambda pem: fingerprint_sha256(pem.encode()) if pem else None)
+
+def startup_script(
+    settings: Settings, bundle: Bundle, source: pulumi.Output[str], config_object: pulumi.Output[str]
+) -> pulumi.Output[str]:
+    """The bash script every instance runs at boot (no secret in it)."""
+    pip = settings.stack.pip_source()
+    return pulumi.Output.all(source, config_object).apply(
+        lambda v: render_startup_script(source=v[0], bundle=bundle, config_object=v[1], pip=pip)
+    )
+
+
+def warn_single_host_keys(settings: Settings) -> None:
+    stack = settings.stack
+    for key, value in (("maxRunHours", stack.max_run_hours), ("idleStopMinutes", stack.idle_stop_minutes)):
+        if value:
+            pulumi.log.warn(f"synthdet:{key} applies to the single host only, not to replicas")

@@ -11,7 +11,9 @@ import ipaddress
 import urllib.request
 from collections.abc import Callable, Sequence
 
-from infra.config import SELF_CIDR
+import pulumi
+
+from infra.config import SELF_CIDR, StackConfig
 
 # Plain-text answers ("203.0.113.7\n"); the second is tried when the first fails.
 IP_ECHO_URLS = ("https://checkip.amazonaws.com", "https://api.ipify.org")
@@ -59,3 +61,10 @@ def split_families(cidrs: Sequence[str]) -> tuple[list[str], list[str]]:
     v4 = [c for c in cidrs if ipaddress.ip_network(c).version == 4]
     v6 = [c for c in cidrs if ipaddress.ip_network(c).version == 6]
     return v4, v6
+
+
+def firewall_cidrs(stack: StackConfig) -> tuple[list[str], list[str]]:
+    """(who may SSH in, who may reach the endpoint), `self` resolved, for a single host."""
+    if stack.ssh_open_to_world():
+        pulumi.log.warn("synthdet:sshAllowedCidrs opens SSH to the whole internet")
+    return resolve_cidrs(stack.ssh_allowed_cidrs), resolve_cidrs(stack.endpoint_cidrs)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+import pulumi
 import yaml
 from pydantic import BaseModel, ConfigDict
 
@@ -146,3 +147,10 @@ def fleet_hourly(per_replica: Estimate, replicas: int, load_balancer: Estimate) 
     est.lines += load_balancer.lines
     est.usd_per_hour = sum(amount for _, amount in est.lines)
     return est
+
+
+def warn_missing(cost: Estimate) -> Estimate:
+    """Say in `pulumi up`'s output which items the table lacks (the output is then None)."""
+    if not cost.complete:
+        pulumi.log.warn(f"no price in infra/prices.yaml for: {', '.join(cost.missing)}")
+    return cost

@@ -4,7 +4,8 @@ Each module has `NAME` and `apply(ctx) -> StepResult` (idempotent: it acts
 only on a difference and says whether it changed anything).
 """
 
-from bootstrap.steps import health, layout, nginx, packages, secret, torchserve, upload_model, venv
+from bootstrap.steps import firewall, health, layout, nginx, packages, secret, torchserve, upload_model, venv
 
-# Order matters: the venv needs packages; nginx needs the secret; health needs all.
-STEPS = (packages, layout, venv, secret, upload_model, torchserve, nginx, health)
+# Order matters: the venv needs packages; TorchServe starts only behind the firewall;
+# nginx needs the secret; health needs all.
+STEPS = (packages, layout, firewall, venv, secret, upload_model, torchserve, nginx, health)

@@ -2,33 +2,43 @@
 
 A step reads facts, compares them with what is wanted and acts only on a
 difference, returning changed/unchanged (pyinfra's operation model). Steps
-reach the host only through `bootstrap.ssh.Connection`.
+reach the host only through `ctx.conn`, a `bootstrap.runner.Runner`, and
+raise `DeployError` with what to do when they cannot reach the wanted state.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
-import shlex
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from bootstrap.api import DeployOptions, ModelSpec, Progress
+import tenacity
+
+from bootstrap import files
+from bootstrap.api import DeployOptions, NullProgress, Progress
+from bootstrap.facts import HostFacts, parse_is_active
+from bootstrap.runner import Runner
+from serving.models import ModelSpec
 
 if TYPE_CHECKING:
-    from bootstrap.facts import HostFacts
-    from bootstrap.ssh import Connection
     from bootstrap.torch_select import TorchChoice
 
 
 # ------------------------------------------------------------ host layout
-SERVICE_USER = "synthdet"
+# The system account TorchServe runs as. Never a login: the clouds' login users
+# (GCP: the stack's `synthdet`, AWS: `ubuntu`) have a home, a shell and admin
+# groups, so the service account has a name of its own.
+SERVICE_USER = "synthdet-svc"
 OPT_DIR = "/opt/synthdet"
 # A symlink to venv-<hash of its inputs>, switched atomically (see steps/venv.py).
 VENV_DIR = f"{OPT_DIR}/venv"
+# The web viewer page nginx answers a browser's GET with (steps/nginx.py).
+VIEWER_DIR = f"{OPT_DIR}/viewer"
+# The service's home and working directory: readable, not writable, by it.
 VAR_DIR = "/var/lib/synthdet"
 MODEL_STORE = f"{VAR_DIR}/model-store"
 TS_TMP_DIR = f"{VAR_DIR}/tmp"
@@ -47,10 +57,13 @@ NGINX_SITE = "/etc/nginx/sites-available/synthdet"
 NGINX_SITE_LINK = "/etc/nginx/sites-enabled/synthdet"
 NGINX_DEFAULT_LINK = "/etc/nginx/sites-enabled/default"
 # TorchServe listens on loopback only, on ports unlikely to clash with what
-# images run (Jupyter on 8080/8888 on some deep-learning images).
+# images run (Jupyter on 8080/8888 on some deep-learning images); the firewall
+# step lets only root and nginx's workers connect to any of them.
 INFERENCE_PORT = 18080
 MANAGEMENT_PORT = 18081
 METRICS_PORT = 18082
+GRPC_PORTS = (7070, 7071)  # TorchServe always starts gRPC; it cannot be switched off
+TORCHSERVE_PORTS = (INFERENCE_PORT, MANAGEMENT_PORT, METRICS_PORT, *GRPC_PORTS)
 
 
 @dataclass
@@ -59,7 +72,8 @@ class HostState:
 
     apt_installed: list[str] = field(default_factory=list)
     removed_default_site: bool = False
-    created_user: bool = False
+    # System accounts deploy created (undeploy removes these and no other).
+    created_users: list[str] = field(default_factory=list)
     # name -> sha256 of the .mar TorchServe has loaded (written after a (re)load).
     loaded_models: dict[str, str] = field(default_factory=dict)
     tls_source: str = ""  # "self-signed" or "user"
@@ -69,9 +83,11 @@ class HostState:
         if not text:
             return cls()
         try:
-            data = json.loads(text)
+            data: dict[str, Any] = json.loads(text)
         except json.JSONDecodeError:
             return cls()
+        if data.pop("created_user", False):  # written by versions before 0.2: one account
+            data.setdefault("created_users", ["synthdet"])
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 
@@ -90,25 +106,14 @@ class DeployError(RuntimeError):
     """A step could not reach the wanted state; the message says what to do."""
 
 
-class _NullProgress:
-    def status(self, message: str) -> None:
-        pass
-
-    def step_done(self, name: str, changed: bool, detail: str = "") -> None:
-        pass
-
-    def upload(self, label: str, sent: int, total: int) -> None:
-        pass
-
-
-NULL_PROGRESS: Progress = _NullProgress()
+NULL_PROGRESS: Progress = NullProgress()
 
 
 @dataclass
 class Context:
     """One deploy run: the connection, what the host is, what is wanted, what happened."""
 
-    conn: Connection
+    conn: Runner
     facts: HostFacts
     models: tuple[ModelSpec, ...]
     options: DeployOptions
@@ -117,7 +122,8 @@ class Context:
     progress: Progress = NULL_PROGRESS
     # Filled in as steps run.
     torch: TorchChoice | None = None
-    python: str = ""
+    # The service venv's interpreter version ("3.11.2"): where TorchServe's files are.
+    python_version: str = ""
     archives: dict[str, Path] = field(default_factory=dict)
     archive_sha256: dict[str, str] = field(default_factory=dict)
     secret: str = ""
@@ -149,9 +155,22 @@ def render_template(template: str, /, **values: object) -> str:
 
 
 # ------------------------------------------------------------ operations
-def sha256_text(text: str | bytes) -> str:
-    data = text.encode() if isinstance(text, str) else text
-    return hashlib.sha256(data).hexdigest()
+T = TypeVar("T")
+
+
+def poll(
+    check: Callable[[], T], done: Callable[[T], bool], *, timeout_s: float, every_s: float
+) -> tuple[bool, T]:
+    """Call `check` every `every_s` until `done(answer)` or `timeout_s`: (done, last answer)."""
+    try:
+        answer = tenacity.Retrying(
+            stop=tenacity.stop_after_delay(max(0.0, timeout_s)),
+            wait=tenacity.wait_fixed(every_s),
+            retry=tenacity.retry_if_result(lambda answer: not done(answer)),
+        )(check)
+    except tenacity.RetryError as exc:
+        return False, exc.last_attempt.result()
+    return True, answer
 
 
 def ensure_file(
@@ -163,30 +182,11 @@ def ensure_file(
     owner: str = "root",
     group: str | None = None,
 ) -> bool:
-    """Make `path` hold exactly `content`; True when it had to be written.
-
-    Ownership and mode are corrected too (cheaply, without a rewrite).
-    """
-    data = content.encode() if isinstance(content, str) else content
-    want = sha256_text(data)
-    grp = group or owner
-    q = shlex.quote(path)
-    probe = ctx.conn.run(f"if [ -f {q} ]; then sha256sum {q}; stat -c '%U:%G %a' {q}; fi").stdout.splitlines()
-    from bootstrap.facts import parse_sha256sum
-
-    have = parse_sha256sum(probe[0]) if probe else None
-    if have != want:
-        ctx.conn.upload_atomic(data, path, mode=mode, owner=owner, group=grp)
-        return True
-    if len(probe) > 1 and probe[1].strip() != f"{owner}:{grp} {mode:o}":
-        ctx.conn.run(f"chown {owner}:{grp} {q} && chmod {mode:o} {q}")
-        return True
-    return False
+    """`bootstrap.files.ensure_file` on this run's host; True when it changed anything."""
+    return files.ensure_file(ctx.conn, path, content, mode=mode, owner=owner, group=group)
 
 
 def systemctl_is_active(ctx: Context, unit: str) -> str:
-    from bootstrap.facts import parse_is_active
-
     return parse_is_active(ctx.conn.run(f"systemctl is-active {unit}", check=False).stdout)
 
 

@@ -1,11 +1,17 @@
-"""The service user and the directories the service owns.
+"""The service account and the directories the service reads and writes.
 
-TorchServe runs as an unprivileged system user (`synthdet`) that can write
-only its state and log directories; configuration stays root-owned.
+TorchServe runs as a system account of its own (`SERVICE_USER`): no login
+shell, no groups but its own, a home it cannot write. It can write only its
+temporary and log directories; its working directory, configuration and
+model store are root's. An existing account of that name that is not such a
+system account (a person's login, an admin) is never taken over: the deploy
+stops and says what to do.
 """
 
 from __future__ import annotations
 
+from bootstrap.facts import Account, account_query, parse_account_query
+from bootstrap.files import PART_GLOB
 from bootstrap.steps.base import (
     ETC_DIR,
     LOG_DIR,
@@ -15,34 +21,71 @@ from bootstrap.steps.base import (
     TLS_DIR,
     TS_TMP_DIR,
     VAR_DIR,
+    VIEWER_DIR,
     Context,
+    DeployError,
     StepResult,
 )
 
 NAME = "layout"
+NOLOGIN_SHELLS = ("/usr/sbin/nologin", "/sbin/nologin", "/bin/false", "/usr/bin/false")
+# Debian/Ubuntu hand out uids from 1000 up to people (login.defs UID_MIN).
+FIRST_LOGIN_UID = 1000
 
 # (path, owner, group, mode)
 DIRECTORIES = (
     (OPT_DIR, "root", "root", "755"),
+    (VIEWER_DIR, "root", "root", "755"),
     (ETC_DIR, "root", SERVICE_USER, "750"),
     (TLS_DIR, "root", "root", "700"),
-    (VAR_DIR, SERVICE_USER, SERVICE_USER, "750"),
+    (VAR_DIR, "root", SERVICE_USER, "750"),
     (MODEL_STORE, "root", SERVICE_USER, "750"),
     (TS_TMP_DIR, SERVICE_USER, SERVICE_USER, "700"),
     (LOG_DIR, SERVICE_USER, SERVICE_USER, "750"),
 )
 
 
-def script() -> str:
+def not_a_service_account(account: Account) -> list[str]:
+    """Why `account` is someone's login rather than a system account (empty: it is one)."""
+    reasons = []
+    if account.uid == 0:
+        reasons.append("it is root")
+    elif account.uid >= FIRST_LOGIN_UID:
+        reasons.append(f"uid {account.uid} is a person's (>= {FIRST_LOGIN_UID})")
+    if account.shell not in NOLOGIN_SHELLS:
+        reasons.append(f"it has a login shell ({account.shell})")
+    if account.home.startswith("/home/") or account.home == "/root":
+        reasons.append(f"its home is {account.home}")
+    extra = sorted(set(account.groups) - {account.name})
+    if extra:
+        reasons.append(f"it is in the groups {', '.join(extra)}")
+    return reasons
+
+
+def check_service_account(account: Account | None) -> None:
+    """Refuse to run the model as an account that belongs to somebody."""
+    if account is None:
+        return
+    reasons = not_a_service_account(account)
+    if reasons:
+        raise DeployError(
+            f"an account named {SERVICE_USER} already exists on the host and is not a service "
+            f"account ({'; '.join(reasons)}). The model must not run as a login or admin "
+            f"account, so nothing was changed. Rename or remove that account (or log in as "
+            f"another user), then rerun the deploy."
+        )
+
+
+def create_account_script() -> str:
+    return (
+        f"useradd --system --user-group --home-dir {VAR_DIR} --no-create-home "
+        f"--shell /usr/sbin/nologin --comment 'SynthDet TorchServe' {SERVICE_USER}"
+    )
+
+
+def directories_script() -> str:
     """One round trip: create what is missing, fix what is off, print CHANGED if anything was."""
-    lines = [
-        "set -e",
-        f"if ! id -u {SERVICE_USER} >/dev/null 2>&1; then",
-        f"  useradd --system --user-group --home-dir {VAR_DIR} --no-create-home "
-        f"--shell /usr/sbin/nologin --comment 'SynthDet TorchServe' {SERVICE_USER}",
-        "  echo CREATED_USER",
-        "fi",
-    ]
+    lines = ["set -e"]
     for path, owner, group, mode in DIRECTORIES:
         lines += [
             f"if [ \"$(stat -c '%U:%G %a' {path} 2>/dev/null)\" != '{owner}:{group} {mode}' ]; then",
@@ -52,13 +95,18 @@ def script() -> str:
             "fi",
         ]
     # Partial uploads from a run whose connection died: never served, now swept.
-    lines.append(f"find {MODEL_STORE} {ETC_DIR} -maxdepth 2 -name '.*.part-*' -type f -delete")
+    lines.append(f"find {MODEL_STORE} {ETC_DIR} {OPT_DIR} -maxdepth 2 -name '{PART_GLOB}' -type f -delete")
     return "\n".join(lines)
 
 
 def apply(ctx: Context) -> StepResult:
-    out = ctx.conn.run(script()).stdout
-    if "CREATED_USER" in out:
-        ctx.state.created_user = True
-    changed = "CHANGED" in out or "CREATED_USER" in out
-    return StepResult(NAME, changed, f"user {SERVICE_USER}, {VAR_DIR}, {ETC_DIR}, {LOG_DIR}")
+    account = parse_account_query(ctx.conn.run(account_query(SERVICE_USER)).stdout)
+    check_service_account(account)
+    created = account is None
+    if created:
+        ctx.conn.run(create_account_script())
+        # Recorded at once: undeploy removes exactly the accounts deploy created.
+        ctx.state.created_users = sorted({*ctx.state.created_users, SERVICE_USER})
+    out = ctx.conn.run(directories_script()).stdout
+    changed = created or "CHANGED" in out
+    return StepResult(NAME, changed, f"account {SERVICE_USER}, {VAR_DIR}, {ETC_DIR}, {LOG_DIR}")

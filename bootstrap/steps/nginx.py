@@ -1,4 +1,4 @@
-"""nginx in front of TorchServe: TLS on the public port, the URL secret, POST only.
+"""nginx in front of TorchServe: TLS on the public port, the URL secret, the viewer page.
 
 The certificate is the user's own, or a self-signed one with the public
 address in its SAN that is kept across reruns (its fingerprint is what users
@@ -13,7 +13,7 @@ import ipaddress
 
 from cryptography import x509
 
-from bootstrap.certs import make_self_signed
+from bootstrap import files
 from bootstrap.steps.base import (
     CERT_FILE,
     INFERENCE_PORT,
@@ -21,6 +21,7 @@ from bootstrap.steps.base import (
     NGINX_DEFAULT_LINK,
     NGINX_SITE,
     NGINX_SITE_LINK,
+    VIEWER_DIR,
     Context,
     DeployError,
     StepResult,
@@ -28,8 +29,12 @@ from bootstrap.steps.base import (
     render_template,
     systemctl_is_active,
 )
+from serving.certs import make_self_signed
+from serving.endpoint import LB_HEALTH_PATH
+from serving.viewer import content_security_policy, viewer_page
 
 NAME = "nginx"
+VIEWER_FILE = f"{VIEWER_DIR}/index.html"
 RENEW_BEFORE = datetime.timedelta(days=30)
 # Debian's nginx.service does not restart nginx when it dies; the public
 # endpoint must come back by itself, like TorchServe does.
@@ -77,7 +82,7 @@ def ensure_certificate(ctx: Context) -> bool:
         ctx.state.tls_source = "user"
         ctx.cert_pem = cert_pem
         return changed
-    current = ctx.conn.read_file(CERT_FILE)
+    current = files.read_file(ctx.conn, CERT_FILE)
     has_key = ctx.conn.run(f"test -s {KEY_FILE}", check=False).ok
     if (
         current is not None
@@ -117,6 +122,31 @@ def inflight_per_model(workers: int, batch_size: int, has_gpu: bool) -> int:
     return workers * batch_size * 2 if has_gpu else workers
 
 
+def render_real_ip(balancer_cidrs: tuple[str, ...]) -> str:
+    """Behind a load balancer: the client's address from X-Forwarded-For, so that the
+    per-address limits count phones, not balancer nodes."""
+    if not balancer_cidrs:
+        return ""
+    lines = ["    # Behind the cloud's load balancer: rate limits count phones, not its nodes."]
+    lines += [f"    set_real_ip_from {cidr};" for cidr in balancer_cidrs]
+    lines += ["    real_ip_header X-Forwarded-For;", "    real_ip_recursive on;", ""]
+    return "\n".join(lines)
+
+
+def render_balancer_health(balancer_cidrs: tuple[str, ...]) -> str:
+    """The balancer's health check path: no secret in it (so none in the balancer's
+    configuration), answered to the balancer's addresses only."""
+    if not balancer_cidrs:
+        return ""
+    allow = "\n".join(f"        allow {cidr};" for cidr in balancer_cidrs)
+    return (
+        f"\n    location = {LB_HEALTH_PATH} {{\n"
+        "        limit_except GET { deny all; }\n"
+        f"{allow}\n        deny all;\n"
+        "        proxy_pass http://synthdet_torchserve/ping;\n    }\n"
+    )
+
+
 def render_site(ctx: Context) -> str:
     serving = ctx.options.serving
     inflight = inflight_per_model(ctx.workers_per_model, serving.batch_size, bool(ctx.facts.gpus))
@@ -146,11 +176,17 @@ def render_site(ctx: Context) -> str:
         client_rate=CLIENT_RATE_PER_S,
         client_burst=CLIENT_BURST,
         retry_after=RETRY_AFTER_S,
+        real_ip=render_real_ip(ctx.options.balancer_cidrs),
+        balancer_health=render_balancer_health(ctx.options.balancer_cidrs),
+        csp=content_security_policy(),
+        viewer_file=VIEWER_FILE,
     )
 
 
 def apply(ctx: Context) -> StepResult:
     changed = ensure_certificate(ctx)
+    # The viewer page holds no secret (it posts to its own URL): nginx's workers read it.
+    changed |= ensure_file(ctx, VIEWER_FILE, viewer_page(), mode=0o644)
     # The site holds the URL secret: root-only, like the secret's own file.
     changed |= ensure_file(ctx, NGINX_SITE, render_site(ctx), mode=0o600)
     link = ctx.conn.run(

@@ -1,4 +1,4 @@
-"""System packages: a JRE for TorchServe's frontend, nginx, and venv support.
+"""System packages: a JRE for TorchServe's frontend, nginx, nftables and venv support.
 
 Deep-learning images often ship some of these; only what is missing is
 installed, and what this step installed is recorded so undeploy can remove
@@ -33,6 +33,8 @@ def wanted_packages(ctx: Context, java_major: int | None, installed: dict[str, s
         want.append(JRE_PACKAGES[0])
     if "nginx" not in installed and "nginx-light" not in installed and "nginx-full" not in installed:
         want.append("nginx")
+    if "nftables" not in installed:  # the firewall step's `nft`
+        want.append("nftables")
     python = ctx.facts.image_torch or (ctx.facts.pythons[0] if ctx.facts.pythons else None)
     if python is None:
         want.append("python3")
@@ -49,10 +51,10 @@ def apply(ctx: Context) -> StepResult:
         )
     java = ctx.conn.run("java -version", sudo=False, check=False)
     java_major = parse_java_version(java.stderr + java.stdout) if java.ok else None
-    dpkg = ctx.conn.run("dpkg -s nginx nginx-light nginx-full python3-venv", check=False)
+    dpkg = ctx.conn.run("dpkg -s nginx nginx-light nginx-full nftables python3-venv", check=False)
     missing = wanted_packages(ctx, java_major, parse_dpkg_status(dpkg.stdout))
     if not missing:
-        return StepResult(NAME, False, "JRE, nginx and venv support present")
+        return StepResult(NAME, False, "JRE, nginx, nftables and venv support present")
     if not ctx.options.install_system_packages:
         raise DeployError(
             f"missing system packages: {', '.join(missing)}; install them on the host "

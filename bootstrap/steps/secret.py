@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import secrets
 
+from bootstrap import files
 from bootstrap.steps.base import SECRET_FILE, Context, StepResult, ensure_file
 
 NAME = "url-secret"
@@ -33,14 +34,16 @@ def check_secret(secret: str) -> str:
 
 
 def apply(ctx: Context) -> StepResult:
-    wanted = ctx.options.url_secret
-    if wanted is None:
-        stored = ctx.conn.read_file(SECRET_FILE)
-        text = stored.decode().strip() if stored else ""
-        if SECRET_PATTERN.match(text):
-            ctx.secret = text
-            return StepResult(NAME, False, "kept the stored secret")
-        wanted = new_secret()
+    stored = files.read_file(ctx.conn, SECRET_FILE)
+    text = stored.decode(errors="replace").strip() if stored else ""
+    current = text if SECRET_PATTERN.match(text) else None
+    wanted = ctx.options.url_secret or current or new_secret()
     ctx.secret = check_secret(wanted)
     changed = ensure_file(ctx, SECRET_FILE, ctx.secret + "\n", mode=0o600)
-    return StepResult(NAME, changed, "rotated" if changed else "unchanged")
+    if current is None:
+        detail = "created"
+    elif changed:
+        detail = "rotated (the old URL and QR code stop working)"
+    else:
+        detail = "kept"
+    return StepResult(NAME, changed, detail)

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 import shlex
-import time
 
+from bootstrap import files
 from bootstrap.steps.base import (
     CONFIG_FILE,
+    GRPC_PORTS,
     INFERENCE_PORT,
     LOG_DIR,
     MANAGEMENT_PORT,
@@ -31,15 +32,19 @@ from bootstrap.steps.base import (
     DeployError,
     StepResult,
     ensure_file,
+    poll,
     render_template,
-    sha256_text,
     systemctl_is_active,
     write_state,
 )
-from bootstrap.torchserve_config import render_config_properties, torchserve_env
+from bootstrap.steps.firewall import FIREWALL_UNIT_NAME
+from serving.inputs import sha256_bytes
+from serving.torchserve_config import render_config_properties, torchserve_env
 
 NAME = "torchserve"
 MANAGEMENT_URL = f"http://127.0.0.1:{MANAGEMENT_PORT}"
+# TorchServe's frontend jar, inside its Python package.
+MAIN_CLASS = "org.pytorch.serve.ModelServer"
 
 # Runs on the host (python3 is there: the venv needs it); prints {"status", "body"}.
 _HTTP = r"""
@@ -92,14 +97,24 @@ def render_config(ctx: Context, model_names: list[str] | tuple[str, ...]) -> str
         serving=ctx.options.serving,
         workers_per_model=ctx.workers_per_model,
         # Model (un)registration is how a changed model is reloaded without a
-        # restart; the management API listens on loopback only.
+        # restart; the management API listens on loopback, for root only (firewall step).
         enable_model_api=True,
+        grpc_ports=GRPC_PORTS,
     )
 
 
-def render_unit(has_gpu: bool) -> str:
-    env = torchserve_env()
+def ts_home(python_version: str) -> str:
+    """Where the venv's site-packages are (`model_server_home`: TorchServe's jars are below)."""
+    parts = python_version.split(".")
+    if len(parts) < 2:
+        raise DeployError(f"cannot tell the service venv's Python version ({python_version!r})")
+    return f"{VENV_DIR}/lib/python{parts[0]}.{parts[1]}/site-packages"
+
+
+def render_unit(ctx: Context, java: str) -> str:
+    env = {**torchserve_env(), "PYTHONDONTWRITEBYTECODE": "1"}
     extra = "\n".join(f"Environment={k}={v}" for k, v in sorted(env.items()))
+    serving = ctx.options.serving
     return render_template(
         "synthdet-torchserve.service",
         user=SERVICE_USER,
@@ -107,20 +122,35 @@ def render_unit(has_gpu: bool) -> str:
         tmp_dir=TS_TMP_DIR,
         log_dir=LOG_DIR,
         venv=VENV_DIR,
+        ts_home=ts_home(ctx.python_version),
+        java=java,
+        jvm_args=f"-Xmx{serving.java_heap_mb}m -XX:+ExitOnOutOfMemoryError",
+        main_class=MAIN_CLASS,
         config=CONFIG_FILE,
         model_store=MODEL_STORE,
+        firewall_unit=FIREWALL_UNIT_NAME,
         extra_env=extra,
         # GPU device nodes (/dev/nvidia*) must stay visible when there is a GPU.
-        private_devices="no" if has_gpu else "yes",
+        private_devices="no" if ctx.facts.gpus else "yes",
     )
 
 
+def java_path(ctx: Context) -> str:
+    res = ctx.conn.run("command -v java", sudo=False, check=False)
+    path = res.stdout.strip()
+    if not res.ok or not path.startswith("/"):
+        raise DeployError("java is not on the host's PATH; the packages step should have installed a JRE")
+    return path
+
+
 def management(ctx: Context, method: str, path: str, timeout_s: float = 30.0) -> tuple[int, str]:
-    """(status, body) of a management API call made on the host; status 0 = no answer."""
+    """(status, body) of a management API call made on the host as root; status 0 = no answer.
+
+    As root: the firewall step lets no other login user reach the management port.
+    """
     url = f"{MANAGEMENT_URL}{path}"
     res = ctx.conn.run(
         f"python3 - {shlex.quote(method)} {shlex.quote(url)} {timeout_s} <<'EOF'\n{_HTTP}\nEOF",
-        sudo=False,
         timeout_s=timeout_s + 30,
     )
     data = json.loads(res.stdout.strip().splitlines()[-1])
@@ -129,17 +159,19 @@ def management(ctx: Context, method: str, path: str, timeout_s: float = 30.0) ->
 
 def wait_for_management(ctx: Context, timeout_s: float) -> list[str]:
     """Registered model names, once the management API answers."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        status, body = management(ctx, "GET", "/models", timeout_s=10)
-        if status == 200:
-            return [m["modelName"] for m in json.loads(body).get("models", [])]
-        if time.monotonic() > deadline:
-            raise DeployError(
-                f"TorchServe's management API did not answer in {timeout_s:.0f} s "
-                f"(last: {status} {body[:200]}). Logs: journalctl -u {UNIT_NAME}"
-            )
-        time.sleep(1.0)
+
+    def registered() -> tuple[int, str]:
+        return management(ctx, "GET", "/models", timeout_s=10)
+
+    answered, (status, body) = poll(
+        registered, lambda answer: answer[0] == 200, timeout_s=timeout_s, every_s=1.0
+    )
+    if not answered:
+        raise DeployError(
+            f"TorchServe's management API did not answer in {timeout_s:.0f} s "
+            f"(last: {status} {body[:200]}). Logs: journalctl -u {UNIT_NAME}"
+        )
+    return [m["modelName"] for m in json.loads(body).get("models", [])]
 
 
 def reload_model(ctx: Context, name: str, registered: bool) -> None:
@@ -152,7 +184,6 @@ def reload_model(ctx: Context, name: str, registered: bool) -> None:
     )
     res = ctx.conn.run(
         f"python3 - {shlex.quote(delete_url)} {shlex.quote(register_url)} {timeout} <<'EOF'\n{_RELOAD}\nEOF",
-        sudo=False,
         timeout_s=2 * timeout + 30,
     )
     data = json.loads(res.stdout.strip().splitlines()[-1])
@@ -169,9 +200,9 @@ def apply(ctx: Context) -> StepResult:
     previous = sorted(ctx.state.loaded_models)
     # Was the config, apart from its model list, already what we want? Then a
     # changed model list is applied live, without a restart.
-    same_but_models = ctx.conn.sha256(CONFIG_FILE) == sha256_text(render_config(ctx, previous))
+    same_but_models = files.sha256(ctx.conn, CONFIG_FILE) == sha256_bytes(render_config(ctx, previous))
 
-    unit_changed = ensure_file(ctx, UNIT_FILE, render_unit(bool(ctx.facts.gpus)))
+    unit_changed = ensure_file(ctx, UNIT_FILE, render_unit(ctx, java_path(ctx)))
     config_changed = ensure_file(ctx, CONFIG_FILE, render_config(ctx, wanted), mode=0o640, group=SERVICE_USER)
     if unit_changed:
         ctx.conn.run("systemctl daemon-reload")

@@ -1,11 +1,9 @@
-"""Model archives: build locally, upload only what differs, verified and atomic.
+"""Model archives: built (or taken from the cache) here, uploaded only when they differ.
 
 Archives are reproducible (same checkpoint, handler, settings -> same bytes),
 so the sha256 of the installed .mar tells whether an upload is needed; this
-is what makes a rerun fast. An upload goes to a hidden temporary name in the
-model store, is checked with sha256sum on the host and only then renamed
-over `<name>.mar`: a dropped connection or corruption never replaces the
-served model.
+is what makes a rerun fast. The upload itself is `bootstrap.files.upload_atomic`:
+a dropped connection or corruption never replaces the served model.
 """
 
 from __future__ import annotations
@@ -13,35 +11,35 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from bootstrap.api import DeployOptions, ModelSpec, Progress
-from bootstrap.archive import build_archive
-from bootstrap.ssh import sha256_file
+from bootstrap import files
+from bootstrap.api import DeployOptions, Progress
 from bootstrap.steps.base import MODEL_STORE, SERVICE_USER, Context, DeployError, StepResult
+from serving.archive import ArchiveError, cached_archive
+from serving.inputs import sha256_file
+from serving.models import ModelSpec
 
 NAME = "upload-model"
 # Left free after an upload: a host with a full disk fails in odd places (logs,
 # TorchServe unpacking the archive into its tmp dir on the same disk).
 SPARE_BYTES = 64 * 1024 * 1024
 
+# model name -> (its .mar here, that file's sha256)
+Built = dict[str, tuple[Path, str]]
+
 
 def remote_mar(name: str) -> str:
     return f"{MODEL_STORE}/{name}.mar"
 
 
-def build(
-    models: Sequence[ModelSpec], options: DeployOptions, out_dir: Path, progress: Progress
-) -> dict[str, tuple[Path, str]]:
-    """Build every model's archive: name -> (.mar path, sha256, the model's identity)."""
-    built = {}
+def build(models: Sequence[ModelSpec], options: DeployOptions, progress: Progress) -> Built:
+    """Every model's archive, from the cache when its inputs are unchanged."""
+    built: Built = {}
     for spec in models:
         progress.status(f"building the model archive for {spec.name}")
-        mar = build_archive(
-            spec.checkpoint,
-            out_dir / spec.name,
-            model_name=spec.name,
-            label_map=spec.label_map,
-            serving=options.serving,
-        )
+        try:
+            mar = cached_archive(spec, options.serving, options.work_dir)
+        except ArchiveError as exc:
+            raise DeployError(str(exc)) from exc
         built[spec.name] = (mar, sha256_file(mar))
     return built
 
@@ -76,23 +74,24 @@ def apply(ctx: Context) -> StepResult:
     for spec in ctx.models:
         mar = ctx.archives[spec.name]
         want = ctx.archive_sha256[spec.name]
-        if ctx.conn.sha256(remote_mar(spec.name)) == want:
+        if files.sha256(ctx.conn, remote_mar(spec.name)) == want:
             continue
         size = mar.stat().st_size
         check_space(ctx, spec.name, size)
         label = f"{spec.name}.mar"
 
-        def report(sent: int, total: int, label: str = label) -> None:
-            ctx.progress.upload(label, sent, total)
+        def report(sent: int, label: str = label, size: int = size) -> None:
+            ctx.progress.upload(label, sent, size)
 
-        ctx.progress.upload(label, 0, size)
-        ctx.conn.upload_atomic(
+        report(0)
+        files.upload_atomic(
+            ctx.conn,
             mar,
             remote_mar(spec.name),
             mode=0o640,
             owner="root",
             group=SERVICE_USER,
-            callback=report,
+            on_sent=report,
             expected_sha256=want,
         )
         uploaded.append(spec.name)

@@ -18,10 +18,10 @@ import shlex
 from dataclasses import replace
 from importlib import resources
 
-from bootstrap import python_select
+from bootstrap import files, python_select
 from bootstrap.api import PipSource
 from bootstrap.facts import HostFacts
-from bootstrap.steps.base import VENV_DIR, Context, DeployError, StepResult, sha256_text
+from bootstrap.steps.base import VENV_DIR, Context, DeployError, StepResult
 from bootstrap.torch_select import (
     DEFAULT_TORCH_INDEX,
     TorchChoice,
@@ -29,6 +29,7 @@ from bootstrap.torch_select import (
     select_torch,
     torchvision_for,
 )
+from serving.inputs import sha256_bytes
 
 NAME = "venv"
 STAMP_NAME = ".synthdet-stamp"
@@ -36,7 +37,8 @@ REQUIREMENTS_NAME = ".synthdet-requirements.txt"
 
 
 def host_requirements() -> str:
-    return resources.files("bootstrap").joinpath("host_requirements.txt").read_text("utf-8")
+    """The service venv's packages, locked with hashes (bootstrap/requirements/service.txt)."""
+    return resources.files("bootstrap").joinpath("requirements", "service.txt").read_text("utf-8")
 
 
 def pip_args(pip: PipSource) -> list[str]:
@@ -83,7 +85,7 @@ def stamp_for(
         "reuse_image_torch": choice.reuse_image,
         "build": choice.build.flavor if choice.build else None,
         "torch_version": ctx.options.torch_version,
-        "requirements": sha256_text(requirements),
+        "requirements": sha256_bytes(requirements),
         "pip": pip_args(ctx.options.pip),
         "torch_index": ctx.options.torch_index_url,
         "version": 1,
@@ -116,13 +118,13 @@ def apply(ctx: Context) -> StepResult:
     selected = python_select.resolve(ctx, pip_args(ctx.options.pip))
     choice = choose_torch(ctx.facts, selected)
     ctx.torch = choice
-    ctx.python = f"{VENV_DIR}/bin/python"
+    ctx.python_version = selected.version
     python = selected.path
     requirements = host_requirements()
     stamp = stamp_for(ctx, choice, python, requirements, selected.version)
     # Each set of inputs gets its own directory; VENV_DIR is a symlink to the
     # current one. A failed install never touches the venv the service runs.
-    target = f"{VENV_DIR}-{sha256_text(stamp)[:12]}"
+    target = f"{VENV_DIR}-{sha256_bytes(stamp)[:12]}"
     q = shlex.quote
     have = ctx.conn.run(
         f'echo "$(readlink {VENV_DIR})"; cat {target}/{STAMP_NAME} 2>/dev/null', check=False
@@ -138,15 +140,15 @@ def apply(ctx: Context) -> StepResult:
         ctx.conn.run(f"rm -rf {target} && {q(python)} -m venv {site}{target}", timeout_s=300)
         pip = f"{target}/bin/python -m pip --disable-pip-version-check --no-input -q"
         reqs = f"{target}/{REQUIREMENTS_NAME}"
-        ctx.conn.upload_atomic(requirements.encode(), reqs)
+        files.upload_atomic(ctx.conn, requirements.encode(), reqs)
         if not choice.reuse_image:
             ctx.progress.status(f"installing torch ({choice.build.flavor if choice.build else '?'})")
             _pip(ctx, f"{pip} install {' '.join(q(a) for a in torch_install_args(ctx, choice))}")
-        ctx.progress.status("installing TorchServe and the handler's dependencies")
+        ctx.progress.status("installing TorchServe and the handler's dependencies (locked, hash-checked)")
         extra = " ".join(q(a) for a in pip_args(ctx.options.pip))
-        _pip(ctx, f"{pip} install {extra} -r {reqs}")
+        _pip(ctx, f"{pip} install {extra} --require-hashes -r {reqs}")
         info = _verify(ctx, target, choice)
-        ctx.conn.upload_atomic(stamp.encode(), f"{target}/{STAMP_NAME}")
+        files.upload_atomic(ctx.conn, stamp.encode(), f"{target}/{STAMP_NAME}")
         detail = f"Python {selected.version} ({selected.source}); {choice.reason}; torch {info.get('torch')}"
     else:
         detail = f"{choice.reason} (switched back to an existing venv)"

@@ -3,8 +3,9 @@
 #
 # Run as root at boot by the cloud's own agent (GCP: the `startup-script` metadata
 # key, every boot; AWS: user data, first boot) with nobody logged in. It fetches
-# this project's wheel, the model archives and boot.json from the stack's bucket,
-# installs the wheel into a small venv of its own and runs the same deploy steps
+# this project's wheel, its locked packages, the model archives and boot.json from the
+# stack's bucket, installs them into a small venv of its own (every package pinned and
+# hash-checked) and runs the same deploy steps
 # `synthdet deploy` runs over SSH (python -m bootstrap.boot_local). Reruns are
 # cheap: files already fetched (sha256 checked) and unchanged steps are skipped.
 set -euo pipefail
@@ -16,7 +17,9 @@ WHEEL_OBJECT={{ wheel_object }}
 WHEEL_SHA256={{ wheel_digest }}
 # object sha256 (one a line): the model archives
 ARCHIVES={{ archives }}
-BOOT_REQUIREMENTS={{ boot_requirements }}
+# The boot venv's packages, pinned with hashes (bootstrap/requirements/boot.txt).
+REQUIREMENTS_OBJECT={{ requirements_object }}
+REQUIREMENTS_SHA256={{ requirements_digest }}
 PIP_ARGS=({{ pip_args }})
 ATTEMPTS={{ attempts }}
 
@@ -78,12 +81,9 @@ fetch_verified() {  # fetch_verified OBJECT SHA256 DEST: skip when DEST already 
 }
 
 aws_cli() {
-  if command -v aws >/dev/null 2>&1; then
-    aws "$@"
-  else
-    [ -x "$VENV/bin/aws" ] || "$VENV/bin/python" -m pip install -q "${PIP_ARGS[@]}" awscli
-    "$VENV/bin/aws" "$@"
-  fi
+  # Every AWS Deep Learning AMI carries the AWS CLI; nothing unpinned is installed for it.
+  command -v aws >/dev/null 2>&1 || die "the AWS CLI is missing on this image (every AWS Deep Learning AMI has it)"
+  aws "$@"
 }
 
 # ---------------------------------------------------------------- python
@@ -116,7 +116,7 @@ wait_for_gpu_driver() {
 
 make_venv() {
   # One venv per wheel; an unchanged wheel reuses it on the next boot.
-  VENV=/opt/synthdet-boot/venv-${WHEEL_SHA256:0:16}
+  VENV=/opt/synthdet-boot/venv-${WHEEL_SHA256:0:8}${REQUIREMENTS_SHA256:0:8}
   [ -f "$VENV/.ok" ] && return 0
   rm -rf "$VENV"
   if ! "$PY" -m venv "$VENV" 2>/dev/null; then
@@ -127,11 +127,11 @@ make_venv() {
     rm -rf "$VENV"
     "$PY" -m venv "$VENV" || die "$PY cannot create a venv"
   fi
-  local wheel=$FILES/$(basename "$WHEEL_OBJECT")
+  local wheel=$FILES/$(basename "$WHEEL_OBJECT") requirements=$FILES/boot-requirements.txt
   fetch_verified "$WHEEL_OBJECT" "$WHEEL_SHA256" "$wheel"
-  log "installing the bootstrap into $VENV"
-  printf '%s\n' $BOOT_REQUIREMENTS > "$VENV/boot-requirements.txt"
-  "$VENV/bin/python" -m pip install -q "${PIP_ARGS[@]}" -r "$VENV/boot-requirements.txt"
+  fetch_verified "$REQUIREMENTS_OBJECT" "$REQUIREMENTS_SHA256" "$requirements"
+  log "installing the bootstrap into $VENV (locked packages, hash-checked)"
+  "$VENV/bin/python" -m pip install -q "${PIP_ARGS[@]}" --require-hashes -r "$requirements"
   "$VENV/bin/python" -m pip install -q --no-deps "$wheel"
   touch "$VENV/.ok"
   # Older venvs (an earlier wheel) are not needed any more.

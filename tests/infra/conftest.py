@@ -53,3 +53,11 @@ def required(checkpoint: Path, key_file: Path):
         return values
 
     return for_stack
+
+
+@pytest.fixture(autouse=True)
+def config_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Generated keys and per-instance known_hosts go here, not into the user's ~/.config."""
+    folder = tmp_path / "synthdet-config"
+    monkeypatch.setenv("SYNTHDET_CONFIG_DIR", str(folder))
+    return folder

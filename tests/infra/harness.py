@@ -112,7 +112,7 @@ class GraphMocks(pulumi.runtime.Mocks):
             return {"key_name": f"{name}-generated"}
         if typ == BOOTSTRAP_TYPE:
             url = (
-                f"https://{inputs['host']}:{int(inputs['public_port'])}/"
+                f"https://{inputs['host']}:{int(inputs['options']['public_port'])}/"
                 f"{inputs['url_secret']}/predictions/synthdet"
             )
             return {

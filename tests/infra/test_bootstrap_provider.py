@@ -12,9 +12,9 @@ import pytest
 from pulumi.runtime import rpc
 
 import bootstrap.deploy
-from bootstrap.api import DeployResult
+from bootstrap.api import DeployOptions, DeployResult, PipSource
 from infra.bootstrap_resource import (
-    DELETE_TIMEOUT_S,
+    DELETE_SSH_WAIT_S,
     BootstrapProvider,
     deploy_options,
     diff_props,
@@ -23,6 +23,13 @@ from infra.bootstrap_resource import (
 )
 
 KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n-----END OPENSSH PRIVATE KEY-----\n"
+
+
+def options_dict(**changes: Any) -> dict[str, Any]:
+    """What the program writes: DeployOptions.to_dict() without the URL secret."""
+    options = DeployOptions(pip=PipSource(find_links="http://10.0.0.1/wheels/", trusted_hosts=("10.0.0.1",)))
+    data = {k: v for k, v in options.to_dict().items() if k != "url_secret"}
+    return {**data, **changes}
 
 
 def props(**changes: Any) -> dict[str, Any]:
@@ -34,15 +41,9 @@ def props(**changes: Any) -> dict[str, Any]:
         "instance_id": "projects/p/zones/z/instances/vm-1",
         "known_hosts": "/tmp/kh",
         "models": [{"name": "synthdet", "checkpoint": "/models/a.pth", "label_map": None}],
-        "fingerprints": {"model:synthdet": "a" * 64, "handler": "b" * 64, "serving": "c" * 64},
-        "serving": {"score_threshold": 0.5},
-        "public_port": 443.0,
+        "fingerprints": {"synthdet": "a" * 64},
+        "options": options_dict(),
         "url_secret": rpc.wrap_rpc_secret("S" * 32),
-        "pip": {"find_links": "http://10.0.0.1/wheels/", "trusted_hosts": ["10.0.0.1"]},
-        "torch_index_url": "",
-        "torch_version": "",
-        "ssh_wait_timeout_s": 900.0,
-        "delete_timeout_s": 30.0,
     }
     base.update(changes)
     return base
@@ -65,12 +66,12 @@ def test_secret_wrapping_alone_is_not_a_change():
 @pytest.mark.parametrize(
     "key, value",
     [
-        ("fingerprints", {"model:synthdet": "d" * 64, "handler": "b" * 64, "serving": "c" * 64}),
-        ("serving", {"score_threshold": 0.7}),
-        ("public_port", 8443.0),
+        ("fingerprints", {"synthdet": "d" * 64}),
+        ("options", options_dict(serving={"score_threshold": 0.7})),
+        ("options", options_dict(public_port=8443.0)),
         ("url_secret", rpc.wrap_rpc_secret("T" * 32)),
-        ("pip", {}),
-        ("torch_version", "2.8.0"),
+        ("options", options_dict(pip={})),
+        ("options", options_dict(torch_version="2.8.0")),
     ],
 )
 def test_content_or_option_changes_update_in_place(key, value):
@@ -122,8 +123,8 @@ def test_target_models_and_options_from_props():
     assert options.pip.find_links == "http://10.0.0.1/wheels/"
     assert options.pip.trusted_hosts == ("10.0.0.1",)
     assert options.serving.score_threshold == 0.5
-    assert options.ssh_wait_timeout_s == 900.0
-    assert deploy_options(p, deleting=True).ssh_wait_timeout_s == 30.0
+    assert options.ssh_wait_timeout_s == DeployOptions.ssh_wait_timeout_s  # the one default
+    assert deploy_options(p, deleting=True).ssh_wait_timeout_s == DELETE_SSH_WAIT_S
 
 
 def fake_result(host: str) -> DeployResult:
@@ -169,9 +170,9 @@ def test_create_deploys_and_returns_endpoint(calls):
 
 
 def test_update_redeploys_with_the_new_props(calls):
-    new = props(serving={"score_threshold": 0.8})
+    new = props(options=options_dict(serving={"score_threshold": 0.8}))
     outs = BootstrapProvider().update("id", props(), new).outs
-    assert outs["serving"] == {"score_threshold": 0.8}
+    assert outs["options"]["serving"] == {"score_threshold": 0.8}
     assert calls[0][1][2].serving.score_threshold == 0.8
 
 
@@ -179,7 +180,7 @@ def test_delete_undeploys_with_a_short_timeout(calls):
     BootstrapProvider().delete("id", props())
     ((kind, (target, options)),) = calls
     assert kind == "undeploy"
-    assert options.ssh_wait_timeout_s == DELETE_TIMEOUT_S
+    assert options.ssh_wait_timeout_s == DELETE_SSH_WAIT_S
 
 
 def test_delete_tolerates_a_gone_host(monkeypatch):

@@ -35,7 +35,7 @@ REQUIRED_OUTPUTS = {
     "qr",
     "hourly_cost_usd",
 }
-SECRET_OUTPUTS = {"endpoint", "endpoints", "ssh_private_key"}
+SECRET_OUTPUTS = {"endpoint", "endpoints", "ssh_private_key", "qr"}
 HOST_TYPES = {
     "gcp": "synthdet:index:GcpGpuHost",
     "aws": "synthdet:index:AwsGpuHost",
@@ -63,10 +63,10 @@ def test_outputs_present_and_secrets_marked(stack_run):
     assert run.secret_outputs >= SECRET_OUTPUTS
     assert run.outputs["endpoint"].startswith("https://")
     assert FAKE_URL_SECRET in run.outputs["endpoint"]
-    # The QR is meant for the screen (showQr defaults to true) and is not the URL text.
-    assert "qr" not in run.secret_outputs
+    # The QR encodes the secret URL: a secret output, and (showQr off by default) not logged.
     assert FAKE_URL_SECRET not in run.outputs["qr"]
     assert "\u2588" in run.outputs["qr"] or "\u2580" in run.outputs["qr"]
+    assert not any("\u2580" in line or "\u2588" in line for line in run.logs)
 
 
 def test_no_plain_output_carries_a_secret(stack_run):
@@ -104,11 +104,15 @@ def test_bootstrap_inputs_secret_and_outputs_kept_secret(stack_run):
     assert {"endpoint", "endpoints", "private_key", "url_secret"} <= set(boot.additional_secret_outputs)
 
 
-def test_bootstrap_fingerprints_cover_model_handler_and_serving(stack_run):
+def test_bootstrap_fingerprints_are_the_archive_keys(stack_run, checkpoint):
+    from serving.archive import archive_key
+    from serving.models import ModelSpec
+    from serving.settings import ServingSettings
+
     _, run = stack_run
     prints = run.one(BOOTSTRAP_TYPE).plain("fingerprints")
-    assert set(prints) == {"model:synthdet", "handler", "serving"}
-    assert all(len(v) == 64 for v in prints.values())
+    # One inputs hash per model: checkpoint, label map, handler code and settings (serving.archive).
+    assert prints == {"synthdet": archive_key(ModelSpec("synthdet", checkpoint), ServingSettings())}
 
 
 def test_one_host_component_and_children_parented(stack_run):
@@ -211,6 +215,8 @@ def test_gcp_t4_instance(required):
     meta = vm.plain("metadata")
     assert meta["ssh-keys"].startswith("synthdet:ssh-ed25519 ")
     assert meta["enable-oslogin"] == "FALSE"
+    # Only the stack's key logs in, not project-wide keys.
+    assert meta["block-project-ssh-keys"] == "TRUE"
     # The static IP is the VM's address and the bootstrap's target.
     address = run.one("gcp:compute/address:Address")
     assert address.plain("region") == "us-central1"
@@ -325,7 +331,12 @@ def test_aws_spot_and_idle_stop(required):
     )
     market = run.one("aws:ec2/instance:Instance").plain("instanceMarketOptions")
     assert market["marketType"] == "spot"
-    assert market["spotOptions"] == {"instanceInterruptionBehavior": "stop", "spotInstanceType": "persistent"}
+    # One-time, never persistent: a persistent request can outlive `pulumi destroy` and keep
+    # launching instances nobody manages (terraform-provider-aws issue 38142).
+    assert market["spotOptions"] == {
+        "instanceInterruptionBehavior": "terminate",
+        "spotInstanceType": "one-time",
+    }
     alarm = run.one("aws:cloudwatch/metricAlarm:MetricAlarm")
     assert alarm.plain("alarmActions") == ["arn:aws:automate:us-west-2:ec2:stop"]
     assert alarm.plain("metricName") == "CPUUtilization"
@@ -363,11 +374,19 @@ def test_user_key_file_replaces_the_generated_key(required, key_file):
     assert run.outputs["ssh_command"].startswith(f"ssh -i {key_file} synthdet@")
 
 
-def test_generated_key_is_secret_everywhere(required):
+def test_generated_key_is_secret_everywhere_and_written_0600_outside_the_checkout(required, config_dir):
+    import stat
+
+    from infra.config import PROJECT_DIR
+
     run = run_program("gcp-t4", required("gcp-t4"))
     assert run.one(BOOTSTRAP_TYPE).plain("private_key") == FAKE_PRIVATE_KEY
     assert "ssh_private_key" in run.secret_outputs
-    assert "ssh_private_key --show-secrets" in run.outputs["ssh_command"]
+    (key,) = config_dir.glob("keys/*/id_ed25519")
+    assert key.read_text() == FAKE_PRIVATE_KEY
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600 and stat.S_IMODE(key.parent.stat().st_mode) == 0o700
+    assert PROJECT_DIR not in key.parents
+    assert run.outputs["ssh_command"] == f"ssh -i {key} synthdet@{GCP_IP}"
 
 
 # ------------------------------------------------------------------ config errors and options
@@ -379,7 +398,7 @@ def test_missing_model_is_a_clear_error():
 
 
 def test_missing_checkpoint_file_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(ConfigError, match="synthdet:model.*does not exist"):
         run_program("gcp-t4", {"synthdet:model": str(tmp_path / "nope.pth")})
 
 
@@ -394,12 +413,10 @@ def test_serving_settings_pass_through_and_change_the_fingerprint(required):
         "aws-t4", required("aws-t4") | {"synthdet:serving": {"score_threshold": 0.7, "precision": "fp16"}}
     )
     boot = tuned.one(BOOTSTRAP_TYPE)
-    assert boot.plain("serving")["score_threshold"] == 0.7
-    assert boot.plain("serving")["precision"] == "fp16"
+    assert boot.plain("options")["serving"]["score_threshold"] == 0.7
+    assert boot.plain("options")["serving"]["precision"] == "fp16"
     before = base.one(BOOTSTRAP_TYPE).plain("fingerprints")
-    after = boot.plain("fingerprints")
-    assert before["serving"] != after["serving"]
-    assert before["model:synthdet"] == after["model:synthdet"]
+    assert before["synthdet"] != boot.plain("fingerprints")["synthdet"]
 
 
 def test_bad_serving_setting_is_refused(required):
@@ -413,17 +430,23 @@ def test_extra_models_are_deployed_and_fingerprinted(required, tmp_path):
     run = run_program("gcp-t4", required("gcp-t4") | {"synthdet:extraModels": [f"cereal={other}"]})
     boot = run.one(BOOTSTRAP_TYPE)
     assert [m["name"] for m in boot.plain("models")] == ["synthdet", "cereal"]
-    assert "model:cereal" in boot.plain("fingerprints")
+    assert set(boot.plain("fingerprints")) == {"synthdet", "cereal"}
 
 
-def test_show_qr_false_keeps_the_qr_secret(required):
-    run = run_program("gcp-t4", required("gcp-t4") | {"synthdet:showQr": False})
-    assert "qr" in run.secret_outputs
-
-
-def test_qr_is_announced_at_the_end(required):
-    run = run_program("gcp-t4", required("gcp-t4"))
+def test_the_qr_goes_to_the_update_log_only_when_asked(required):
+    assert not any("Scan this" in line for line in run_program("gcp-t4", required("gcp-t4")).logs)
+    run = run_program("gcp-t4", required("gcp-t4") | {"synthdet:showQr": True})
     assert any("Scan this with the SynthDet Viewer" in line for line in run.logs)
+    assert "qr" in run.secret_outputs  # still a secret output
+
+
+def test_service_account_name_is_never_the_login(required):
+    from bootstrap.steps.base import SERVICE_USER
+
+    run = run_program("gcp-t4", required("gcp-t4"))
+    assert run.one(BOOTSTRAP_TYPE).plain("user") != SERVICE_USER
+    with pytest.raises(ConfigError, match="sshUser"):
+        run_program("gcp-t4", required("gcp-t4") | {"synthdet:sshUser": SERVICE_USER})
 
 
 def test_pip_and_torch_options_reach_the_bootstrap(required):
@@ -436,9 +459,8 @@ def test_pip_and_torch_options_reach_the_bootstrap(required):
             "synthdet:torchVersion": "2.8.0",
         },
     )
-    boot = run.one(BOOTSTRAP_TYPE)
-    pip = boot.plain("pip")
-    assert pip.get("index_url") is None
-    assert pip["find_links"] == "http://10.203.1.1:8000/wheels/"
-    assert pip["trusted_hosts"] == ["10.203.1.1"]
-    assert boot.plain("torch_version") == "2.8.0"
+    options = run.one(BOOTSTRAP_TYPE).plain("options")
+    assert options["pip"].get("index_url") is None
+    assert options["pip"]["find_links"] == "http://10.203.1.1:8000/wheels/"
+    assert options["pip"]["trusted_hosts"] == ["10.203.1.1"]
+    assert options["torch_version"] == "2.8.0"

@@ -3,8 +3,8 @@
 Policy asserted on the resource graph: the cloud's machinery (template, group,
 health check, balancer, certificate) is there and wired; only the balancer may
 reach the instances and only on the instance port; the balancer routes only
-the secret's paths (everything else is its own 404); health checks use the
-health path; connections drain; each instance gets a startup script (no secret
+the secret's paths (everything else is its own 404); health checks use a
+path without the secret; connections drain; each instance gets a startup script (no secret
 in it) that fetches from a private bucket the stack fills; outputs describe
 the balancer's URL, secrets stay secret; `replicas: 1` is the single host.
 """
@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-import infra.__main__ as program
+import infra.fleet
 from bootstrap.bundle import Artifact, Bundle
-from bootstrap.certs import fingerprint_sha256, make_self_signed
 from infra.config import ConfigError
+from serving.certs import fingerprint_sha256, make_self_signed
 from tests.infra import harness
 from tests.infra.harness import BOOTSTRAP_TYPE, FAKE_AMI, FAKE_URL_SECRET, ProgramRun, run_program
 
@@ -92,7 +93,7 @@ class FleetMocks(harness.GraphMocks):
     def call(self, args):  # type: ignore[override]
         if args.token == "aws:ec2/getVpc:getVpc":
             self.calls.append((args.token, harness.unwrap(args.args)))
-            return {"id": "vpc-default", "cidr_block": "172.31.0.0/16"}
+            return {"id": "vpc-default", "cidrBlock": "172.31.0.0/16"}
         if args.token == "aws:ec2/getSubnets:getSubnets":
             self.calls.append((args.token, harness.unwrap(args.args)))
             return {"ids": ["subnet-a", "subnet-b", "subnet-c"]}
@@ -114,12 +115,22 @@ def fake_bundle(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Bundle:
         mar = tmp_path / f"{name}.mar"
         mar.write_bytes(name.encode())
         archives[name] = Artifact(mar, f"{name}-sha".ljust(64, "0"), f"models/{name}/{name}.mar")
-    bundle = Bundle(wheel=Artifact(wheel, "ab" * 32, f"wheels/abab/{wheel.name}"), archives=archives)
+    locked = tmp_path / "boot.txt"
+    locked.write_text("tenacity==9.2.1 --hash=sha256:" + "cd" * 32 + "\n")
+    bundle = Bundle(
+        wheel=Artifact(wheel, "ab" * 32, f"wheels/abab/{wheel.name}"),
+        boot_requirements=Artifact(locked, "cd" * 32, f"wheels/cdcd/{locked.name}"),
+        archives=archives,
+    )
 
-    def build(models, serving, cache_dir=None):
-        return Bundle(wheel=bundle.wheel, archives={m.name: archives[m.name] for m in models})
+    def build(models, serving, cache=None):
+        return Bundle(
+            wheel=bundle.wheel,
+            boot_requirements=bundle.boot_requirements,
+            archives={m.name: archives[m.name] for m in models},
+        )
 
-    monkeypatch.setattr(program, "build_bundle", build)
+    monkeypatch.setattr(infra.fleet, "build_bundle", build)
     return bundle
 
 
@@ -132,6 +143,16 @@ def only_object_content(run: ProgramRun, typ: str) -> dict[str, Any]:
     assert len(config) == 1
     assert config[0].is_secret("content")
     return json.loads(config[0].plain("content"))
+
+
+def assert_secret_only_where_routing_needs_it(run: ProgramRun, routing_types: set[str]) -> None:
+    """The URL secret is in the secret outputs, boot.json and the balancer's routing rule
+    only: never in a health check, a startup script or a plain output."""
+    for resource in run.resources:
+        if resource.type in routing_types or resource.name.endswith("boot-config"):
+            continue
+        for key, value in resource.inputs.items():
+            assert FAKE_URL_SECRET not in json.dumps(harness.unwrap(value), default=str), (resource.type, key)
 
 
 def check_script(script: str, source: str) -> None:
@@ -162,6 +183,7 @@ def test_gcp_three_replicas_behind_the_global_load_balancer(required):
     assert template.plain("serviceAccount")["email"].startswith(account.plain("accountId"))
     check_script(template.plain("metadata")["startup-script"], f"gs://{GCS_BUCKET}")
     assert "ssh-keys" not in template.plain("metadata")
+    assert template.plain("metadata")["block-project-ssh-keys"] == "TRUE"
 
     group = run.one("gcp:compute/regionInstanceGroupManager:RegionInstanceGroupManager")
     assert group.plain("targetSize") == 3
@@ -176,9 +198,9 @@ def test_gcp_three_replicas_behind_the_global_load_balancer(required):
     assert policy["maxUnavailableFixed"] == 0 and policy["maxSurgeFixed"] >= 1
     assert not run.of_type("gcp:compute/regionAutoscaler:RegionAutoscaler")
 
-    # Health check on the health path, under the secret, over the instance's TLS.
-    assert health.plain("httpsHealthCheck") == {"port": 443, "requestPath": f"/{FAKE_URL_SECRET}/ping"}
-    assert health.is_secret("httpsHealthCheck")
+    # Health check on a path without the secret, over the instance's TLS.
+    assert health.plain("httpsHealthCheck") == {"port": 443, "requestPath": "/synthdet-health"}
+    assert_secret_only_where_routing_needs_it(run, {"gcp:compute/uRLMap:URLMap"})
 
     backend = run.one("gcp:compute/backendService:BackendService")
     assert backend.plain("loadBalancingScheme") == "EXTERNAL_MANAGED"
@@ -240,11 +262,13 @@ def test_gcp_bucket_is_private_and_holds_the_bundle_and_the_secret_config(requir
     names = {o.plain("name") for o in run.of_type("gcp:storage/bucketObject:BucketObject")}
     assert {"wheels/abab/synthdet_deploy-0.1.0-py3-none-any.whl", "models/synthdet/synthdet.mar"} <= names
     config = only_object_content(run, "gcp:storage/bucketObject:BucketObject")
-    assert config["url_secret"] == FAKE_URL_SECRET
+    assert config["options"]["url_secret"] == FAKE_URL_SECRET
     assert config["models"] == [
         {"name": "synthdet", "file": "synthdet.mar", "sha256": "synthdet-sha".ljust(64, "0")}
     ]
-    assert config["public_port"] == 443
+    assert config["options"]["public_port"] == 443
+    # nginx on each instance trusts X-Forwarded-For from Google's ranges and the LB's address.
+    assert config["options"]["balancer_cidrs"] == [*GOOGLE_LB_RANGES, f"{LB_IP}/32"]
     member = run.one("gcp:storage/bucketIAMMember:BucketIAMMember")
     assert member.plain("role") == "roles/storage.objectViewer"
     assert member.plain("bucket") == GCS_BUCKET
@@ -266,8 +290,8 @@ def test_gcp_outputs_describe_the_load_balancer(required):
     assert run.outputs["bucket"] == GCS_BUCKET
     per_replica = 0.189999 + 0.35 + 125 * 0.10 / 730 + 0.005
     assert run.outputs["hourly_cost_usd"] == pytest.approx(3 * per_replica + 0.025, abs=1e-3)
-    assert {"endpoint", "endpoints"} <= run.secret_outputs
-    assert FAKE_URL_SECRET not in run.outputs["qr"]
+    assert {"endpoint", "endpoints", "qr"} <= run.secret_outputs
+    assert not any(FAKE_URL_SECRET in line or "\u2580" in line for line in run.logs)  # no QR logged
     for name, value in run.outputs.items():
         if name not in run.secret_outputs:
             assert FAKE_URL_SECRET not in json.dumps(value, default=str), name
@@ -354,9 +378,9 @@ def test_aws_three_replicas_behind_an_application_load_balancer(required):
     assert target_group.plain("vpcId") == "vpc-default"
     assert target_group.plain("deregistrationDelay") == 30  # connection draining
     check = target_group.plain("healthCheck")
-    assert check["path"] == f"/{FAKE_URL_SECRET}/ping"
+    assert check["path"] == "/synthdet-health"  # no secret in the balancer's health check
     assert check["protocol"] == "HTTPS" and check["matcher"] == "200"
-    assert target_group.is_secret("healthCheck")
+    assert_secret_only_where_routing_needs_it(run, {"aws:lb/listenerRule:ListenerRule"})
 
     alb = run.one("aws:lb/loadBalancer:LoadBalancer")
     assert alb.plain("loadBalancerType") == "application"
@@ -421,7 +445,8 @@ def test_aws_bucket_private_and_readable_by_the_instance_role_only(required):
     keys = {o.plain("key") for o in run.of_type("aws:s3/bucketObjectv2:BucketObjectv2")}
     assert "models/synthdet/synthdet.mar" in keys
     config = only_object_content(run, "aws:s3/bucketObjectv2:BucketObjectv2")
-    assert config["url_secret"] == FAKE_URL_SECRET
+    assert config["options"]["url_secret"] == FAKE_URL_SECRET
+    assert config["options"]["balancer_cidrs"] == ["172.31.0.0/16"]  # the default VPC, where the ALB is
     policy = json.loads(run.one("aws:iam/rolePolicy:RolePolicy").plain("policy"))
     assert policy["Statement"] == [
         {"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": [f"arn:aws:s3:::{S3_BUCKET}/*"]}
@@ -458,6 +483,9 @@ def test_aws_autoscaling_tracks_requests_per_replica(required):
     assert (
         spec["resourceLabel"] == "app/synthdet-alb/50dc6c495c0c9188/targetgroup/synthdet-tg/73e2d6bc24d8a067"
     )
+    # The metric exists once the rule routes to the target group: the policy waits for it.
+    rule = run.one("aws:lb/listenerRule:ListenerRule")
+    assert rule.urn in policy.dependencies
 
 
 def test_aws_domain_gets_a_dns_validated_certificate(required):
@@ -515,6 +543,20 @@ def test_bad_domain_is_refused(required):
         fleet_run("gcp-t4", required, **{"synthdet:domain": "https://not a name"})
 
 
+def test_m60_replicas_are_refused_before_anything_bills(required):
+    with pytest.raises(ConfigError, match=r"m60.*Python is 3\.8"):
+        fleet_run("aws-m60", required)
+
+
+def test_each_gcp_fleet_stack_has_its_own_replica_service_account():
+    from infra.gcp.group import replica_account_id
+
+    ids = {replica_account_id(stack) for stack in ("gcp-t4", "gcp-t4-eu", "GCP_T4", "a" * 80, "x")}
+    assert len(ids) == 5
+    for account in ids:
+        assert re.fullmatch(r"[a-z][a-z0-9-]{4,28}[a-z0-9]", account), account
+
+
 def test_gcp_warns_that_endpoint_cidrs_are_not_enforced(required):
     run = fleet_run("gcp-t4", required, **{"synthdet:endpointCidrs": ["192.0.2.0/24"]})
     assert any("endpointCidrs" in line for line in run.logs)
@@ -524,19 +566,22 @@ def test_gcp_warns_that_endpoint_cidrs_are_not_enforced(required):
 
 
 def test_boot_config_round_trip_checks_every_archive(tmp_path):
-    from bootstrap.api import PipSource
+    from bootstrap.api import DeployOptions, PipSource
     from bootstrap.boot_local import LOCAL_ADDRESS, BootConfigError, boot_config, deploy_inputs, load_config
-    from bootstrap.ssh import sha256_file
     from bootstrap.startup_script import config_json
+    from serving.inputs import sha256_file
+    from serving.settings import ServingSettings
 
     mar = tmp_path / "synthdet.mar"
     mar.write_bytes(b"archive")
     config = boot_config(
         models=[{"name": "synthdet", "file": mar.name, "sha256": sha256_file(mar)}],
-        serving={"score_threshold": 0.7},
-        public_port=8443,
-        url_secret=FAKE_URL_SECRET,
-        pip=PipSource(find_links="http://10.0.0.1/pypi/", trusted_hosts=("10.0.0.1",)),
+        options=DeployOptions(
+            serving=ServingSettings(score_threshold=0.7),
+            public_port=8443,
+            url_secret=FAKE_URL_SECRET,
+            pip=PipSource(find_links="http://10.0.0.1/pypi/", trusted_hosts=("10.0.0.1",)),
+        ),
     )
     path = tmp_path / "boot.json"
     path.write_text(config_json(config))
@@ -575,8 +620,9 @@ def test_local_runner_has_the_ssh_connections_semantics(tmp_path):
     import os
     import stat
 
+    from bootstrap import files
     from bootstrap.local_runner import LocalRunner
-    from bootstrap.ssh import CommandError
+    from bootstrap.runner import CommandError
 
     runner = LocalRunner()
     result = runner.run("echo out; echo err >&2; exit 3", sudo=False, check=False)
@@ -587,14 +633,14 @@ def test_local_runner_has_the_ssh_connections_semantics(tmp_path):
     missing = str(tmp_path / "missing")
     if os.geteuid() != 0:
         pytest.skip("the file operations run through sudo as a non-root user")
-    assert runner.read_file(missing) is None and runner.sha256(missing) is None
+    assert files.read_file(runner, missing) is None and files.sha256(runner, missing) is None
     target = tmp_path / "etc" / "file"
     target.parent.mkdir()
-    digest = runner.upload_atomic(b"content\n", str(target), mode=0o640)
+    digest = files.upload_atomic(runner, b"content\n", str(target), mode=0o640)
     assert target.read_bytes() == b"content\n"
     assert stat.S_IMODE(target.stat().st_mode) == 0o640
-    assert runner.sha256(str(target)) == digest
-    assert runner.read_file(str(target)) == b"content\n"
+    assert files.sha256(runner, str(target)) == digest
+    assert files.read_file(runner, str(target)) == b"content\n"
     assert not list(target.parent.glob(".file.part-*"))  # the temporary was renamed into place
 
 
@@ -604,10 +650,14 @@ def test_the_wheel_instances_install_carries_every_module_and_template(tmp_path)
 
     from bootstrap.bundle import REPO, build_wheel
 
-    wheel = build_wheel(cache_dir=tmp_path)
+    wheel = build_wheel(cache=tmp_path)
     names = set(zipfile.ZipFile(wheel).namelist())
-    wanted = {p.relative_to(REPO).as_posix() for p in (REPO / "bootstrap").rglob("*.py")}
+    wanted = {
+        p.relative_to(REPO).as_posix()
+        for folder in ("bootstrap", "serving", "handler")
+        for p in (REPO / folder).rglob("*.py")
+    }
     wanted |= {p.relative_to(REPO).as_posix() for p in (REPO / "bootstrap" / "templates").iterdir()}
-    wanted |= {"bootstrap/host_requirements.txt", "handler/__init__.py"}
+    wanted |= {"serving/static/viewer.html", "handler/index_to_name.json"}
     assert not {n for n in wanted if "__pycache__" not in n} - names
-    assert build_wheel(cache_dir=tmp_path) == wheel  # cached by the sources' hash
+    assert build_wheel(cache=tmp_path) == wheel  # cached by the sources' hash

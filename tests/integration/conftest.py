@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from bootstrap.api import ModelSpec
-from bootstrap.local_serve import LocalServeConfig, LocalServer, free_port, serving
-from bootstrap.settings import ServingSettings
+from serving.models import ModelSpec
+from serving.settings import ServingSettings
+from synthdet.local_serve import LocalServeConfig, LocalServer, free_port, serving
 
 
 @pytest.fixture(scope="module")

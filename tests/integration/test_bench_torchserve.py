@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from bootstrap.local_serve import LocalServer
+from synthdet.local_serve import LocalServer
 
 pytestmark = pytest.mark.integration
 
@@ -17,7 +17,7 @@ def test_bench_reports_sane_numbers_against_torchserve(torchserve: LocalServer) 
     # One phone for 0.4 s: two app frames (1280x960, then 1280x590) 200 ms apart, the
     # second in flight while the first is served. A CPU forward takes seconds (tens
     # on a busy machine), so the app's 2 s timeout is lifted here (--timeout).
-    command = [sys.executable, "-m", "bootstrap.cli", "bench", torchserve.prediction_url("synthdet")]
+    command = [sys.executable, "-m", "synthdet.cli", "bench", torchserve.prediction_url("synthdet")]
     command += ["--phones", "1", "--duration", "0.4", "--timeout", "100", "--json"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=200, check=False)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from bootstrap.archive import build_archive
-from bootstrap.inprocess import HandlerError, InProcessModel, load_in_process
-from bootstrap.settings import ServingSettings
+from serving.archive import build_archive
+from serving.settings import ServingSettings
+from synthdet.inprocess import HandlerError, InProcessModel, load_in_process
 from tests.support.images import bomb_png, encode, make_test_jpeg, photo
 from tests.support.reference import assert_same_detections, load_reference_model, reference_detections
 

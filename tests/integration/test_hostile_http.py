@@ -22,8 +22,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from bootstrap.contract import APP_CONTENT_TYPE, parse_like_app, post_image
-from bootstrap.local_serve import LocalServer
+from serving.contract import APP_CONTENT_TYPE, parse_like_app, post_image
+from synthdet.local_serve import LocalServer
 from tests.support.images import bomb_png, encode, make_test_jpeg, photo, sixteen_bit_png
 
 pytestmark = pytest.mark.integration
@@ -75,6 +75,12 @@ def _catalogue() -> dict[str, Case]:
         "jpeg as octet-stream": Case(jpeg, "application/octet-stream", SERVED),
         "jpeg with charset param": Case(jpeg, "image/jpg; charset=utf-8", SERVED),
         "jpeg without content-type": Case(jpeg, None, SERVED),
+        # `curl --data-binary @img.jpg URL` labels it a form: the body decides.
+        "jpeg as x-www-form-urlencoded": Case(jpeg, "application/x-www-form-urlencoded", SERVED),
+        # `curl -F data=@img.jpg URL`: a real multipart form, the image in field `data`.
+        "jpeg in a multipart form": Case(
+            _multipart(jpeg), f"multipart/form-data; boundary={BOUNDARY}", SERVED
+        ),
         "jpeg chunked": Case(jpeg, APP_CONTENT_TYPE, SERVED, chunked=True),
         # Everything else: a 4xx with a JSON message.
         "empty": Case(b"", APP_CONTENT_TYPE, 400),
@@ -92,7 +98,7 @@ def _catalogue() -> dict[str, Case]:
         "json": Case(b'{"image": "aGVsbG8="}', "application/json", 415),
         "text": Case("grüße\n".encode() * 100, "text/plain; charset=utf-8", 415),
         "html": Case(b"<html><script>alert(1)</script></html>", "text/html", 415),
-        "form urlencoded": Case(b"a=1&b=2", "application/x-www-form-urlencoded", 400),
+        "form urlencoded": Case(b"a=1&b=2", "application/x-www-form-urlencoded", 415),
         "pdf": Case(b"%PDF-1.4\n" + bytes(rng.randrange(256) for _ in range(2000)), "application/pdf", 415),
         "zip": Case(b"PK\x03\x04" + bytes(600), "application/zip", 415),
         "random 1 kB chunked": Case(rng.randbytes(1024), APP_CONTENT_TYPE, 415, chunked=True),
@@ -103,6 +109,17 @@ def _catalogue() -> dict[str, Case]:
         # Corrupt scan data may still decode (to a garbled picture): served or 400 are both right.
         cases[f"corrupted jpeg #{seed}"] = Case(_flip(jpeg, seed), APP_CONTENT_TYPE, -1)
     return cases
+
+
+BOUNDARY = "synthdet-test-boundary"
+
+
+def _multipart(data: bytes) -> bytes:
+    head = (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="data"; filename="frame.jpg"\r\n'
+        "Content-Type: image/jpeg\r\n\r\n"
+    ).encode()
+    return head + data + f"\r\n--{BOUNDARY}--\r\n".encode()
 
 
 def _io(data: bytes) -> object:
@@ -170,6 +187,23 @@ def test_each_hostile_body_alone_then_a_valid_request(torchserve: LocalServer) -
     assert _worker_pids(torchserve) == pids, "a worker died or was restarted"
 
 
+def test_put_is_served_like_post_and_other_methods_are_json_errors(torchserve: LocalServer) -> None:
+    """`curl -T img.jpg URL` (TorchServe's own docs) sends a PUT."""
+    url = torchserve.prediction_url("synthdet")
+    jpeg = make_test_jpeg(320, 240, seed=37)
+    with httpx.Client(timeout=TIMEOUT_S) as client:
+        put = client.put(url, content=jpeg)
+        assert put.status_code == SERVED and parse_like_app(put.content) == parse_like_app(
+            post_image(url, jpeg, timeout_s=TIMEOUT_S).content
+        )
+        for method in ("DELETE", "PATCH", "OPTIONS"):
+            response = client.request(method, url)
+            assert response.status_code == 405 and response.json()["code"] == 405, method
+        missing = client.post(url.replace("/synthdet", "/nope"), content=jpeg)
+        assert missing.status_code == 404 and missing.json()["code"] == 404
+        assert client.get(url.rsplit("/predictions", 1)[0] + "/models").status_code == 404
+
+
 def test_the_catalogue_at_once_mixed_with_valid_frames(torchserve: LocalServer) -> None:
     """Bad bodies share batches with good ones; each gets its own answer."""
     url = torchserve.prediction_url("synthdet")
@@ -200,9 +234,37 @@ def test_oversize_bodies_are_413_and_harmless(torchserve: LocalServer) -> None:
             response = client.post(url, content=body, headers={"Content-Type": APP_CONTENT_TYPE})
             RESULTS[str(response.status_code)] += 1
             assert response.status_code == 413, response.text[:300]
-            # TorchServe's frontend refuses an oversize body before any handler runs, with
-            # an empty 413 (no JSON); deployed hosts answer from nginx with a JSON 413
-            # (tests/system/test_exposure.py). Either way the worker never sees the body.
-            assert response.content == b"" or response.json().get("message")
+            # The front refuses it before TorchServe (or any worker) sees it, in JSON like
+            # nginx on a deployed host (tests/system/test_exposure.py).
+            assert response.json() == {
+                "code": 413,
+                "error": "request body too large (the limit is 2097152 bytes)",
+            }
     assert post_image(url, make_test_jpeg(320, 240), timeout_s=TIMEOUT_S).status_code == SERVED
+    assert _worker_pids(torchserve) == pids
+
+
+def test_get_only_ever_returns_the_static_viewer_page(torchserve: LocalServer) -> None:
+    """A GET (a browser, a scanner, a crawler) never reaches TorchServe and reflects nothing."""
+    url = torchserve.prediction_url("synthdet")
+    pids = _worker_pids(torchserve)
+    with httpx.Client(timeout=TIMEOUT_S) as client:
+        page = client.get(url)
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        probes = {
+            "script in the query": client.get(url, params={"q": "<script>alert(1)</script>"}),
+            "an image body with a GET": client.request("GET", url, content=make_test_jpeg(320, 240)),
+            "a range": client.get(url, headers={"Range": "bytes=0-10"}),
+            "asking for JSON": client.get(url, headers={"Accept": "application/json"}),
+        }
+        for name, response in probes.items():
+            RESULTS[f"GET {response.status_code}"] += 1
+            assert response.status_code == 200 and response.content == page.content, name
+            assert response.headers["content-security-policy"] == page.headers["content-security-policy"]
+        head = client.head(url)
+        assert head.status_code == 200 and head.content == b""
+        # An encoded traversal names no model: a JSON 404, never TorchServe's management API.
+        escaped = client.get(url + "%2F..%2F..%2Fmodels")
+        assert escaped.status_code == 404 and escaped.json()["code"] == 404
+        assert post_image(url, make_test_jpeg(320, 240), timeout_s=TIMEOUT_S).status_code == SERVED
     assert _worker_pids(torchserve) == pids

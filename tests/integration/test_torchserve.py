@@ -5,14 +5,16 @@ from __future__ import annotations
 import concurrent.futures
 import io
 import json
+import re
+import subprocess
 from pathlib import Path
 
 import httpx
 import pytest
 from PIL import Image
 
-from bootstrap.contract import APP_CONTENT_TYPE, check_in_frame, parse_like_app, post_image
-from bootstrap.local_serve import LocalServer
+from serving.contract import APP_CONTENT_TYPE, check_in_frame, parse_like_app, post_image
+from synthdet.local_serve import LocalServer
 from tests.support.images import bomb_png, encode, make_test_jpeg, photo
 from tests.support.reference import assert_same_detections, load_reference_model, reference_detections
 
@@ -56,7 +58,7 @@ HOSTILE = {
     "decompression bomb": (bomb_png(), "image/png", 413),
     "json body": (b'{"image": "aGVsbG8="}', "application/json", 415),
     "text body": (b"hello there", "text/plain", 415),
-    "form body": (b"a=1&b=2", "application/x-www-form-urlencoded", 400),
+    "form body": (b"a=1&b=2", "application/x-www-form-urlencoded", 415),
 }
 
 
@@ -79,7 +81,46 @@ def test_oversize_body_is_refused_with_413(torchserve: LocalServer) -> None:
         url, content=b"\xff" * (3 * 1024 * 1024), headers={"Content-Type": APP_CONTENT_TYPE}, timeout=60
     )
     assert response.status_code == 413
+    assert response.headers["content-type"].startswith("application/json")
+    assert "too large" in response.json()["error"]
     assert post_image(url, make_test_jpeg(320, 240), timeout_s=60).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        ["--data-binary", "@{image}"],  # sends Content-Type: application/x-www-form-urlencoded
+        ["-T", "{image}"],  # a PUT, as the original README and TorchServe's docs say
+        ["-H", "Content-Type: image/jpeg", "--data-binary", "@{image}"],
+    ],
+    ids=["data-binary", "upload-file", "data-binary as jpeg"],
+)
+def test_what_people_type_with_curl_is_served(
+    torchserve: LocalServer, tmp_path: Path, how: list[str]
+) -> None:
+    """Plain curl, as a user tries the URL first: the body decides, not the label."""
+    image = tmp_path / "img.jpg"
+    image.write_bytes(make_test_jpeg(640, 480, seed=15))
+    args = [arg.format(image=image) for arg in how]
+    url = torchserve.prediction_url("synthdet")
+    result = subprocess.run(
+        ["curl", "-sS", "-w", "\n%{http_code}", *args, url], capture_output=True, text=True, timeout=120
+    )
+    body, _, status = result.stdout.rpartition("\n")
+    assert status == "200", (status, body, result.stderr)
+    assert parse_like_app(body) == parse_like_app(post_image(url, image.read_bytes(), timeout_s=60).content)
+
+
+def test_a_browser_gets_the_viewer_page(torchserve: LocalServer) -> None:
+    response = httpx.get(torchserve.prediction_url("synthdet"), timeout=10)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/html; charset=utf-8"
+    assert "<title>SynthDet live viewer</title>" in response.text
+    policy = response.headers["content-security-policy"]
+    assert "default-src 'none'" in policy and "connect-src 'self'" in policy
+    # Self-contained: nothing is loaded from anywhere else (no src/href/url() off the page).
+    assert not re.findall(r"""(?:src|href)\s*=|url\(|@import|<link""", response.text)
+    assert httpx.get(torchserve.prediction_url("nope"), timeout=10).status_code == 404
 
 
 def test_request_without_content_type_is_not_a_5xx(torchserve: LocalServer) -> None:

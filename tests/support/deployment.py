@@ -16,9 +16,10 @@ from pathlib import Path
 import httpx
 
 from bootstrap import deploy as deploy_lib
-from bootstrap.api import DeployOptions, DeployResult, ModelSpec, PipSource, SshTarget
-from bootstrap.contract import smoke
-from bootstrap.steps.base import MANAGEMENT_PORT, MODEL_STORE, UNIT_NAME
+from bootstrap.api import DeployOptions, DeployResult, PipSource, SshTarget
+from bootstrap.steps.base import MANAGEMENT_PORT, MODEL_STORE, SERVICE_USER, UNIT_NAME
+from serving.contract import smoke
+from serving.models import ModelSpec
 from tests.support import testhost as th
 
 # Two CPU cores shared with TorchServe's warm-up and other suites.
@@ -46,6 +47,10 @@ class Deployment:
     @property
     def base(self) -> str:
         return f"https://{self.info.host}"
+
+    @property
+    def health_url(self) -> str:
+        return f"{self.base}/{self.secret}/ping"
 
     def redeploy(self, checkpoint: Path | None = None) -> tuple[DeployResult, float]:
         started = time.monotonic()
@@ -76,7 +81,7 @@ def served_sha(info: th.TestHostInfo, name: str = "synthdet") -> str:
 
 def loaded_sha(info: th.TestHostInfo, name: str = "synthdet") -> str:
     """sha256 of the archive as TorchServe's own mount namespace sees it (what it loads)."""
-    java = guest(info, "pgrep -u synthdet -x java").split()[0]
+    java = guest(info, f"pgrep -u {SERVICE_USER} -x java").split()[0]
     return guest(info, f"nsenter -t {java} -m sha256sum {MODEL_STORE}/{name}.mar").split()[0]
 
 
@@ -94,22 +99,24 @@ def worker_pids(info: th.TestHostInfo, name: str = "synthdet") -> list[int]:
 def service_pids(info: th.TestHostInfo) -> tuple[str, str]:
     """(systemd's MainPID, the java frontend's pid): a restart changes both."""
     main = guest(info, f"systemctl show -p MainPID --value {UNIT_NAME}").strip()
-    java = guest(info, "pgrep -u synthdet -x java || true").strip()
+    java = guest(info, f"pgrep -u {SERVICE_USER} -x java || true").strip()
     return main, java
 
 
-def wait_healthy(deployed: Deployment, timeout_s: float = READY_TIMEOUT_S) -> float:
-    """Poll the public health path (nginx + TorchServe up, no inference); seconds it took."""
+def wait_healthy(url: str, timeout_s: float = READY_TIMEOUT_S, every_s: float = 0.2) -> float:
+    """Poll a health URL (nginx + TorchServe up, no inference) until it says 200; seconds it took."""
     started = time.monotonic()
-    url = f"{deployed.base}/{deployed.secret}/ping"
+    last = ""
     while time.monotonic() - started < timeout_s:
         try:
-            if httpx.get(url, verify=False, timeout=5).status_code == 200:
+            response = httpx.get(url, verify=False, timeout=5)
+            if response.status_code == 200:
                 return time.monotonic() - started
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{url} was not healthy within {timeout_s:.0f} s")
+            last = f"HTTP {response.status_code}"
+        except httpx.HTTPError as exc:
+            last = type(exc).__name__
+        time.sleep(every_s)
+    raise AssertionError(f"{url} was not healthy within {timeout_s:.0f} s ({last})")
 
 
 def wait_serving(url: str, timeout_s: float = READY_TIMEOUT_S) -> float:

@@ -7,7 +7,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from bootstrap.contract import make_test_jpeg
+from serving.contract import make_test_jpeg
 
 __all__ = ["make_test_jpeg", "encode", "photo", "with_exif_orientation"]
 

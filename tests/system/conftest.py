@@ -53,9 +53,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-def _up_or_fail(name: str) -> th.TestHostInfo:
+def _up_or_fail(name: str, login: str = th.DEFAULT_LOGIN) -> th.TestHostInfo:
     try:
-        return th.up(name)
+        return th.up(name, login=login)
     except th.TestHostError as exc:  # `up` has already cleaned up after itself
         pytest.fail(f"could not boot test host {name}: {exc}", pytrace=False)
 
@@ -73,15 +73,16 @@ def testhost() -> Iterator[th.TestHostInfo]:
 
 
 @pytest.fixture
-def fresh_testhost() -> Iterator[Callable[[], th.TestHostInfo]]:
-    """A factory: each call boots a new host of this test's own; all go down afterwards."""
+def fresh_testhost() -> Iterator[Callable[..., th.TestHostInfo]]:
+    """A factory: each call boots a new host of this test's own (with a cloud's login, GCP's
+    by default); all go down afterwards."""
     _require_test_hosts()
     names: list[str] = []
 
-    def make() -> th.TestHostInfo:
+    def make(login: str = th.DEFAULT_LOGIN) -> th.TestHostInfo:
         name = f"sdt-{os.getpid()}-{next(_host_numbers)}"
         names.append(name)
-        return _up_or_fail(name)
+        return _up_or_fail(name, login)
 
     yield make
     errors = []

@@ -1,8 +1,9 @@
 """`synthdet deploy` against a real systemd test host, checked from outside like the app.
 
-One host is deployed once (through the CLI, as a user would) and shared by the tests
-of this module, which run in file order and each leave it deployed and serving; the
-reboot and undeploy tests come last. CPU inference in the guest takes ~3 s an image.
+One host is deployed once (through the CLI, as a user would, logged in the way GCP logs
+you in: the non-root `synthdet` user with passwordless sudo) and shared by the tests of
+this module, which run in file order and each leave it deployed and serving; the reboot
+and undeploy tests come last. CPU inference in the guest takes ~3 s an image.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,11 +27,22 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from bootstrap import deploy as deploy_lib
-from bootstrap.api import DeployOptions, DeployResult, ModelSpec, PipSource, SshTarget
-from bootstrap.contract import make_test_jpeg, parse_like_app, post_image, smoke
-from bootstrap.demo_model import write_demo_checkpoint
-from bootstrap.ssh import Connection, HostKeyChangedError, SshError, UploadVerificationError
-from bootstrap.steps.base import INFERENCE_PORT, MANAGEMENT_PORT, METRICS_PORT, MODEL_STORE, UNIT_NAME
+from bootstrap import ssh as ssh_module
+from bootstrap.api import DeployOptions, DeployResult, PipSource, SshTarget
+from bootstrap.files import UploadVerificationError
+from bootstrap.runner import copy_stream
+from bootstrap.ssh import Connection, HostKeyChangedError, SshError
+from bootstrap.steps.base import (
+    INFERENCE_PORT,
+    MANAGEMENT_PORT,
+    METRICS_PORT,
+    MODEL_STORE,
+    SERVICE_USER,
+    UNIT_NAME,
+)
+from serving.contract import make_test_jpeg, parse_like_app, post_image, smoke
+from serving.models import ModelSpec
+from synthdet.demo_model import write_demo_checkpoint
 from tests.support import testhost as th
 from tests.support.deployment import guest, served_sha, service_pids, wait_serving
 
@@ -60,7 +73,8 @@ def host() -> Iterator[th.TestHostInfo]:
             pytest.fail(f"system tests must run in CI: {reason}")
         pytest.skip(reason)
     name = f"sdd-{os.getpid()}"
-    info = th.up(name)
+    info = th.up(name)  # GCP's login: the non-root `synthdet` with passwordless sudo
+    assert info.user == "synthdet"
     try:
         yield info
     finally:
@@ -77,7 +91,7 @@ def deployed(
     argv = [
         sys.executable,
         "-m",
-        "bootstrap.cli",
+        "synthdet.cli",
         "deploy",
         "--host",
         host.host,
@@ -141,7 +155,7 @@ def test_json_result_and_qr_payload_is_the_working_url(deployed: Deployed) -> No
 def test_certificate_fingerprint_matches_what_the_server_presents(deployed: Deployed) -> None:
     import ssl
 
-    from bootstrap.certs import fingerprint_sha256
+    from serving.certs import fingerprint_sha256
 
     pem = ssl.get_server_certificate((deployed.info.host, 443)).encode()
     assert fingerprint_sha256(pem) == deployed.result["cert_sha256"]
@@ -181,10 +195,46 @@ def test_wrong_or_missing_secret_is_404(deployed: Deployed) -> None:
     ]:
         response = post_image(base + path, image, timeout_s=10)
         assert response.status_code == 404, f"{path}: {response.status_code}"
-    # The right secret with the wrong method is refused too (only POST predicts).
+    # The right secret with a method that neither predicts nor shows the viewer is refused.
     with httpx.Client(verify=False, timeout=10) as client:
-        assert client.get(deployed.endpoint).status_code in (403, 405)
+        for method in ("DELETE", "PATCH", "OPTIONS"):
+            refused = client.request(method, deployed.endpoint)
+            assert refused.status_code == 405 and refused.json()["code"] == 405, method
         assert client.get(f"{base}/{secret}/ping").status_code == 200
+
+
+def test_a_browser_gets_the_viewer_page_and_a_missing_secret_still_404s(deployed: Deployed) -> None:
+    with httpx.Client(verify=False, timeout=10) as client:
+        page = client.get(deployed.endpoint)
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert "<title>SynthDet live viewer</title>" in page.text
+        assert "script-src 'sha256-" in page.headers["content-security-policy"]
+        assert client.get(f"https://{deployed.info.host}/predictions/synthdet").status_code == 404
+        assert client.get(f"https://{deployed.info.host}/synthdet-viewer").status_code == 404  # internal
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        ["--data-binary", "@{image}"],
+        ["-T", "{image}"],
+        ["-X", "POST", "--data-binary", "@{image}", "-H", "Content-Type:"],
+    ],
+    ids=["data-binary (a form label)", "upload-file (PUT)", "no content-type"],
+)
+def test_what_people_type_with_curl_is_served(deployed: Deployed, tmp_path: Path, how: list[str]) -> None:
+    image = tmp_path / "img.jpg"
+    image.write_bytes(make_test_jpeg(640, 480, seed=41))
+    args = [arg.format(image=image) for arg in how]
+    result = subprocess.run(
+        ["curl", "-sk", "-w", "\n%{http_code}", *args, deployed.endpoint],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    body, _, status = result.stdout.rpartition("\n")
+    assert status == "200", (status, body, result.stderr)
+    assert isinstance(parse_like_app(body), list)
 
 
 def test_missing_content_type_is_not_a_torchserve_500(deployed: Deployed) -> None:
@@ -214,7 +264,7 @@ def test_changed_host_key_is_refused(deployed: Deployed, tmp_path: Path) -> None
     keys = paramiko.HostKeys()
     keys.add(deployed.info.host, "ssh-ed25519", _other_key())
     keys.save(str(forged))
-    target = SshTarget(deployed.info.host, "root", Path(deployed.info.key), known_hosts=forged)
+    target = SshTarget(deployed.info.host, deployed.info.user, Path(deployed.info.key), known_hosts=forged)
     with pytest.raises(HostKeyChangedError, match="ssh-keygen -R"):
         Connection.open(target, wait_timeout_s=5)
 
@@ -263,19 +313,20 @@ def test_dropped_connection_then_rerun_converges_with_only_a_model_reload(
     info = deployed.info
     old_sha = served_sha(info)
     pids = service_pids(info)
-    real_put = Connection.put
 
-    def dropping_put(self, source, remote_path, size, callback=None):  # type: ignore[no-untyped-def]
-        def cut(sent: int, total: int) -> None:
-            if sent > total // 2:
-                self.client.get_transport().close()  # the network goes away mid-upload
+    def dropping_copy(source, write, on_sent=None):  # type: ignore[no-untyped-def]
+        def cut(sent: int) -> None:
+            if sent > 8 * 2**20:  # the network goes away mid-upload
+                write.__self__.get_transport().close()
+            if on_sent:
+                on_sent(sent)
 
-        return real_put(self, source, remote_path, size, cut)
+        return copy_stream(source, write, cut)
 
-    monkeypatch.setattr(Connection, "put", dropping_put)
+    monkeypatch.setattr(ssh_module, "copy_stream", dropping_copy)
     with pytest.raises(SshError):
         redeploy(deployed, [ModelSpec("synthdet", other_checkpoint)])
-    monkeypatch.setattr(Connection, "put", real_put)
+    monkeypatch.setattr(ssh_module, "copy_stream", copy_stream)
     # The half-sent archive was never moved into place: the old model still serves.
     assert served_sha(info) == old_sha
     smoke(deployed.endpoint, timeout_s=60)
@@ -290,20 +341,72 @@ def test_dropped_connection_then_rerun_converges_with_only_a_model_reload(
     smoke(result.endpoint, timeout_s=60)
 
 
+class SlowArchive:
+    """A file that pauses half-way, so a test can look at the host mid-upload."""
+
+    def __init__(self, path: Path, halfway: threading.Event, resume: threading.Event) -> None:
+        self.stream = path.open("rb")
+        self.name = path.name
+        self.size = path.stat().st_size
+        self.halfway, self.resume = halfway, resume
+
+    def read(self, n: int) -> bytes:
+        if self.stream.tell() >= self.size // 2 and not self.halfway.is_set():
+            self.halfway.set()
+            assert self.resume.wait(60)
+        return self.stream.read(n)
+
+
+def test_files_in_flight_are_private_to_root_even_through_a_sudo_login(
+    deployed: Deployed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While an archive streams in through `sudo`, its temporary is root's and 0600."""
+    info = deployed.info
+    checkpoint = write_demo_checkpoint(tmp_path / "fourth.pth", seed=3)
+    halfway, resume = threading.Event(), threading.Event()
+    real_copy = copy_stream
+
+    def slow_copy(source, write, on_sent=None):  # type: ignore[no-untyped-def]
+        name = getattr(source, "name", "")
+        return real_copy(
+            SlowArchive(Path(name), halfway, resume) if str(name).endswith(".mar") else source, write, on_sent
+        )
+
+    monkeypatch.setattr(ssh_module, "copy_stream", slow_copy)
+    worker = threading.Thread(target=redeploy, args=(deployed, [ModelSpec("synthdet", checkpoint)]))
+    worker.start()
+    try:
+        assert halfway.wait(600), "the upload never got half-way"
+        staged = guest(info, f"find {MODEL_STORE} /var/tmp /tmp /home -name '*.part-*' -printf '%u %m %p\\n'")
+        lines = staged.strip().splitlines()
+        assert lines and all(line.startswith("root 600 ") for line in lines), staged
+        assert all(line.split()[2].startswith(f"{MODEL_STORE}/.synthdet.mar.part-") for line in lines), staged
+    finally:
+        resume.set()
+        worker.join(600)
+    smoke(deployed.endpoint, timeout_s=120)
+    assert not guest(info, f"find {MODEL_STORE} -name '*.part-*'").strip()
+
+
 def test_corrupted_upload_is_detected_and_never_served(
     deployed: Deployed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     info = deployed.info
     served = served_sha(info)
     checkpoint = write_demo_checkpoint(tmp_path / "third.pth", seed=2)
-    real_put = Connection.put
 
-    def corrupting_put(self, source, remote_path, size, callback=None):  # type: ignore[no-untyped-def]
-        real_put(self, source, remote_path, size, callback)
-        if ".mar.part-" in remote_path:  # flip one byte of the uploaded archive
-            guest(info, f"printf X | dd of={remote_path} bs=1 seek=1000 conv=notrunc 2>/dev/null")
+    def corrupting_copy(source, write, on_sent=None):  # type: ignore[no-untyped-def]
+        flipped = False
 
-    monkeypatch.setattr(Connection, "put", corrupting_put)
+        def flip(block: bytes) -> object:
+            nonlocal flipped
+            if str(getattr(source, "name", "")).endswith(".mar") and not flipped:
+                block, flipped = b"X" + block[1:], True  # one byte of the archive, on the wire
+            return write(block)
+
+        return copy_stream(source, flip, on_sent)
+
+    monkeypatch.setattr(ssh_module, "copy_stream", corrupting_copy)
     with pytest.raises(UploadVerificationError, match="corrupt"):
         redeploy(deployed, [ModelSpec("synthdet", checkpoint)])
     assert served_sha(info) == served
@@ -353,9 +456,12 @@ def test_undeploy_removes_what_deploy_installed(deployed: Deployed) -> None:
         info,
         "ls -d /opt/synthdet /var/lib/synthdet /etc/synthdet /var/log/synthdet "
         f"/etc/systemd/system/{UNIT_NAME} /etc/nginx/sites-enabled/synthdet 2>/dev/null; "
-        "id -u synthdet 2>/dev/null; true",
+        f"id -u {SERVICE_USER} 2>/dev/null; nft list table inet synthdet 2>/dev/null; true",
     )
     assert leftovers.strip() == ""
+    # The login it came through is untouched: it still logs in and may still use sudo.
+    rc, out, err = th.ssh_exec(info, "id -nG; sudo -n true && echo SUDO-OK", user=info.user)
+    assert rc == 0 and "google-sudoers" in out and "SUDO-OK" in out, (out, err)
     assert guest(info, "readlink /etc/nginx/sites-enabled/default").strip()  # restored
     with socket.socket() as sock:
         sock.settimeout(3)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import concurrent.futures
 import errno
 import re
+import shlex
 import socket
 import ssl
 import time
@@ -17,17 +18,21 @@ import time
 import httpx
 import pytest
 
-from bootstrap.contract import make_test_jpeg, post_image
 from bootstrap.steps.base import (
     CERT_FILE,
     CONFIG_FILE,
     ETC_DIR,
     KEY_FILE,
     SECRET_FILE,
+    SERVICE_USER,
     STATE_FILE,
     TLS_DIR,
+    TORCHSERVE_PORTS,
     UNIT_NAME,
 )
+from bootstrap.steps.firewall import FIREWALL_UNIT_NAME
+from serving.contract import make_test_jpeg, post_image
+from tests.support import testhost as th
 from tests.support.deployment import Deployment, guest
 
 pytestmark = pytest.mark.system
@@ -87,6 +92,33 @@ def test_without_the_secret_everything_is_a_json_404_and_rate_limited(deployed_h
     assert counts.get(429, 0) >= 120 - 40 - 10 * elapsed - 5, counts
 
 
+def test_get_through_nginx_is_the_static_page_and_hostile_requests_get_json(
+    deployed_host: Deployment,
+) -> None:
+    """A browser's GET: the viewer page, whatever it sends along; nothing reflected or forwarded."""
+    url = deployed_host.endpoint
+    with httpx.Client(verify=False, timeout=10) as client:
+        time.sleep(3)  # the per-address bucket (burst) may be spent by an earlier test
+        page = client.get(url)
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        for name, response in {
+            "script in the query": client.get(url, params={"q": "<script>alert(1)</script>"}),
+            "an image body with a GET": client.request("GET", url, content=make_test_jpeg(320, 240)),
+            "asking for JSON": client.get(url, headers={"Accept": "application/json"}),
+        }.items():
+            assert response.status_code == 200 and response.content == page.content, name
+        head = client.head(url)
+        assert head.status_code == 200 and head.content == b""
+        # Headers over nginx's buffers: a JSON 400 (a URL over 8k keeps nginx's own 414).
+        big = client.get(url, headers={"X-Big": "b" * 20000})
+        assert big.status_code == 400 and big.json() == {"code": 400, "error": "request headers too large"}
+        assert client.get(url + "?" + "a" * 20000).status_code == 414
+        # The viewer's internal name is no way in.
+        hidden = client.get(f"{deployed_host.base}/synthdet-viewer")
+        assert hidden.status_code == 404 and hidden.json()["code"] == 404
+    assert post_image(url, make_test_jpeg(320, 240), timeout_s=60, verify=False).status_code == 200
+
+
 def _handshake(address: str, version: ssl.TLSVersion, ciphers: str | None = None) -> str | None:
     """The negotiated protocol, or None when the server refuses the handshake."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -125,7 +157,8 @@ def test_secrets_on_disk_are_root_only_and_never_in_logs(deployed_host: Deployme
     post_image(deployed_host.endpoint, make_test_jpeg(320, 240), timeout_s=60)
     with httpx.Client(verify=False, timeout=30) as client:
         client.post(deployed_host.endpoint, content=b"not an image")
-        client.get(deployed_host.endpoint)
+        client.get(deployed_host.endpoint)  # the viewer page
+        client.delete(deployed_host.endpoint)
         oversize = client.post(deployed_host.endpoint, content=b"\0" * (11 * 1024 * 1024))
         assert oversize.status_code == 413 and oversize.json()["code"] == 413  # JSON, from nginx
     for path in (SECRET_FILE, KEY_FILE, STATE_FILE, "/etc/nginx/sites-available/synthdet"):
@@ -156,10 +189,72 @@ def test_the_service_follows_systemds_hardening_advice(deployed_host: Deployment
     # W^X off, and a GPU needs its device nodes, which keeps it from "SAFE".
     assert score < 4.0, report
     shown = guest(info, f"systemctl show {UNIT_NAME} -p User -p NoNewPrivileges -p ProtectSystem -p Restart")
-    assert "User=synthdet" in shown and "NoNewPrivileges=yes" in shown
+    assert f"User={SERVICE_USER}" in shown and "NoNewPrivileges=yes" in shown
     assert "ProtectSystem=strict" in shown and "Restart=always" in shown
     # nginx: restarted by systemd if it dies, no version in headers, slow clients cut off.
     assert guest(info, "systemctl show nginx -p Restart").strip() == "Restart=always"
     running = guest(info, "nginx -T 2>/dev/null")
     for directive in ("server_tokens off;", "client_header_timeout 10s;", "ssl_session_tickets off;"):
         assert directive in running, directive
+
+
+# ------------------------------------------------------------------ a local attacker
+# Connects to each port and prints "PORT open" or "PORT refused" (run as different users).
+PROBE = (
+    "import socket, sys\n"
+    "for port in map(int, sys.argv[1:]):\n"
+    "    try:\n"
+    "        socket.create_connection(('127.0.0.1', port), timeout=3).close()\n"
+    "        print(port, 'open')\n"
+    "    except OSError:\n"
+    "        print(port, 'refused')\n"
+)
+
+
+def _probe(info: th.TestHostInfo, user: str) -> dict[int, str]:
+    ports = " ".join(str(p) for p in TORCHSERVE_PORTS)
+    script = shlex.quote(PROBE)
+    out = guest(info, f"runuser -u {user} -- python3 -c {script} {ports}")
+    return {int(port): state for port, state in (line.split() for line in out.splitlines())}
+
+
+def test_only_root_and_nginx_reach_torchserve_while_the_app_path_works(deployed_host: Deployment) -> None:
+    info = deployed_host.info
+    # Every TorchServe port (inference, management, metrics, gRPC) refuses other local
+    # users: no registering a model (code) from a directory, no going round nginx.
+    for user in ("nobody", info.user):
+        assert _probe(info, user) == dict.fromkeys(TORCHSERVE_PORTS, "refused"), user
+    assert _probe(info, "root") == dict.fromkeys(TORCHSERVE_PORTS, "open")
+    assert post_image(deployed_host.endpoint, make_test_jpeg(320, 240), timeout_s=60).status_code == 200
+    # The rules are a unit of their own, enabled, and TorchServe requires it.
+    assert guest(info, f"systemctl is-enabled {FIREWALL_UNIT_NAME}").strip() == "enabled"
+    assert FIREWALL_UNIT_NAME in guest(info, f"systemctl show -p Requires --value {UNIT_NAME}")
+
+
+def test_the_model_runs_as_an_account_of_its_own_that_cannot_plant_code(deployed_host: Deployment) -> None:
+    info = deployed_host.info
+    java = guest(info, f"systemctl show -p MainPID --value {UNIT_NAME}").strip()
+    workers = guest(info, f"pgrep -f model_service_worker -u {SERVICE_USER}").split()
+    assert java != "0" and workers
+    login_uid = guest(info, f"id -u {info.user}").strip()
+    service_uid = guest(info, f"id -u {SERVICE_USER}").strip()
+    assert service_uid not in ("0", login_uid) and int(service_uid) < 1000
+    for pid in (java, *workers):
+        status = guest(info, f"cat /proc/{pid}/status")
+        uids = re.search(r"^Uid:\s+(\d+)", status, re.M)
+        groups = re.search(r"^Groups:\s*(.*)$", status, re.M)
+        assert uids and uids[1] == service_uid, pid
+        assert groups and groups[1].split() in ([], [guest(info, f"id -g {SERVICE_USER}").strip()]), groups[1]
+    assert guest(info, f"id -Gn {SERVICE_USER}").split() == [SERVICE_USER]  # no adm, sudo, video ...
+    account = guest(info, f"getent passwd {SERVICE_USER}").strip().split(":")
+    assert account[6] == "/usr/sbin/nologin" and account[5] == "/var/lib/synthdet"
+    # Its home and working directory are not its to write; no user site, no "." class path.
+    for path in ("/var/lib/synthdet", "/opt/synthdet", "/etc/synthdet"):
+        rc, _, _ = th.ssh_exec(info, f"runuser -u {SERVICE_USER} -- test -w {path}")
+        assert rc != 0, f"{SERVICE_USER} can write {path}"
+    environ = guest(info, f"tr '\\0' '\\n' < /proc/{workers[0]}/environ")
+    assert "PYTHONNOUSERSITE=1" in environ.splitlines()
+    cmdline = guest(info, f"tr '\\0' '\\n' < /proc/{java}/cmdline").splitlines()
+    class_path = cmdline[cmdline.index("-cp") + 1].split(":")
+    assert "." not in class_path and "" not in class_path, class_path
+    assert guest(info, f"readlink /proc/{java}/cwd").strip() == "/var/lib/synthdet"

@@ -19,9 +19,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bootstrap.contract import make_test_jpeg, smoke
+from bootstrap import ssh as ssh_module
+from bootstrap.runner import RunnerError, copy_stream
 from bootstrap.ssh import Connection, SshError
-from bootstrap.steps.base import MANAGEMENT_PORT, MODEL_STORE, UNIT_NAME, VAR_DIR, DeployError
+from bootstrap.steps.base import MANAGEMENT_PORT, MODEL_STORE, SERVICE_USER, UNIT_NAME, VAR_DIR, DeployError
+from serving.contract import make_test_jpeg, smoke
 from tests.support import testhost as th
 from tests.support.deployment import (
     Deployment,
@@ -48,7 +50,7 @@ def _record_recovery(deployed: Deployment, what: str) -> None:
     The second includes one CPU inference (~3 s idle) and the worker's model load.
     """
     started = time.monotonic()
-    _record(deployed, f"{what}: healthy", wait_healthy(deployed))
+    _record(deployed, f"{what}: healthy", wait_healthy(deployed.health_url))
     wait_serving(deployed.endpoint)
     _record(deployed, f"{what}: serving", time.monotonic() - started)
 
@@ -101,7 +103,7 @@ def test_reboot_brings_everything_back(deployed_host: Deployment) -> None:
     sha = served_sha(deployed_host.info)
     started = time.monotonic()
     th.reboot(deployed_host.info.name)
-    wait_healthy(deployed_host)
+    wait_healthy(deployed_host.health_url)
     _record(deployed_host, "reboot: healthy (from `reboot`)", time.monotonic() - started)
     wait_serving(deployed_host.endpoint)
     _record(deployed_host, "reboot: serving (from `reboot`)", time.monotonic() - started)
@@ -119,7 +121,7 @@ def _small_model_store(info: th.TestHostInfo, spare_mib: int) -> None:
         info,
         f"set -e; mkdir -p {VAR_DIR}/keep && cp -a {MODEL_STORE}/. {VAR_DIR}/keep/ && "
         f"mount -t tmpfs -o size={used + spare_mib}m,mode=750 synthdet-small {MODEL_STORE} && "
-        f"chown root:synthdet {MODEL_STORE} && cp -a {VAR_DIR}/keep/. {MODEL_STORE}/ && "
+        f"chown root:{SERVICE_USER} {MODEL_STORE} && cp -a {VAR_DIR}/keep/. {MODEL_STORE}/ && "
         f"rm -rf {VAR_DIR}/keep",
     )
 
@@ -143,23 +145,24 @@ def test_disk_full_during_a_model_upload_keeps_the_last_good_model(
     # Room for the new archive plus the spare the deploy wants: the upload starts...
     _small_model_store(info, spare_mib=mar_mib + 80)
     try:
-        real_put = Connection.put
+        filled = threading.Event()
 
-        def filling_put(self, source, remote_path, size, callback=None):  # type: ignore[no-untyped-def]
-            filled = threading.Event()
-
-            def fill(sent: int, total: int) -> None:
+        def filling_copy(source, write, on_sent=None):  # type: ignore[no-untyped-def]
+            def fill(sent: int) -> None:
                 # ...and halfway through, something else on the host fills the disk.
-                if sent > total // 2 and not filled.is_set():
+                if sent > mar_mib * 2**19 and not filled.is_set():
                     filled.set()
                     th.ssh_exec(info, f"dd if=/dev/zero of={MODEL_STORE}/.filler bs=1M 2>/dev/null; true")
+                if on_sent:
+                    on_sent(sent)
 
-            return real_put(self, source, remote_path, size, fill)
+            return copy_stream(source, write, fill)
 
-        monkeypatch.setattr(Connection, "put", filling_put)
-        with pytest.raises(SshError):
+        monkeypatch.setattr(ssh_module, "copy_stream", filling_copy)
+        with pytest.raises(RunnerError, match="free disk space"):
             deployed_host.redeploy(other_checkpoint)
-        monkeypatch.setattr(Connection, "put", real_put)
+        monkeypatch.setattr(ssh_module, "copy_stream", copy_stream)
+        assert filled.is_set()
         assert served_sha(info) == good and loaded_sha(info) == good
         smoke(deployed_host.endpoint, timeout_s=60)
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from bootstrap.contract import smoke
-from bootstrap.steps.base import UNIT_NAME
+from bootstrap.steps.base import SERVICE_USER, UNIT_NAME
+from serving.contract import smoke
 from tests.support.deployment import Deployment, guest, service_pids, worker_pids
 from tests.support.overload import assert_refused_fast_and_nothing_late, run_overload
 
@@ -23,7 +23,7 @@ def _service_memory_mb(deployed: Deployment) -> float:
     pids = guest(deployed.info, f"systemctl show -p ControlGroup --value {UNIT_NAME}").strip()
     total_kb = guest(
         deployed.info,
-        f"for p in $(cat /sys/fs/cgroup{pids}/cgroup.procs 2>/dev/null || pgrep -u synthdet); do "
+        f"for p in $(cat /sys/fs/cgroup{pids}/cgroup.procs 2>/dev/null || pgrep -u {SERVICE_USER}); do "
         "awk '/VmRSS/ {print $2}' /proc/$p/status; done | awk '{s += $1} END {print s + 0}'",
     )
     return float(total_kb) / 1024
@@ -35,10 +35,11 @@ def test_three_times_capacity_through_nginx_is_refused_fast_never_late(
     info = deployed_host.info
     pids, workers = service_pids(info), worker_pids(info)
     before_mb = _service_memory_mb(deployed_host)
-    run = run_overload(deployed_host.endpoint, monkeypatch, deadline_factor=3.0)
+    run = run_overload(deployed_host.endpoint, monkeypatch)
     after_mb = _service_memory_mb(deployed_host)
     print(f"\noverload (through nginx): {run.summary()}; memory {before_mb:.0f} -> {after_mb:.0f} MiB")
-    assert_refused_fast_and_nothing_late(run, retry_after=True)
+    # nginx lets one frame at a time reach the CPU worker: nothing ever waits behind another.
+    assert_refused_fast_and_nothing_late(run, admitted=1, retry_after=True)
     assert after_mb < before_mb * 1.25 + 200, "memory grew under overload"
     # Healthy afterwards: nothing restarted, nginx still up, a frame is served.
     assert service_pids(info) == pids and worker_pids(info) == workers

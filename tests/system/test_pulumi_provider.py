@@ -1,12 +1,14 @@
 """The Pulumi bootstrap provider's create, diff, update and delete, for real, on a test host.
 
 The provider is driven the way the Pulumi engine drives it (props in, outputs
-out) but without the engine: the host is a systemd test host reached over SSH,
-the deploy is the real bootstrap, the model an untrained checkpoint on CPU.
+out) but without the engine: the host is a systemd test host reached over SSH
+as root (the ssh stack's default login: the suite's one deploy as root), the
+deploy is the real bootstrap, the model an untrained checkpoint on CPU.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import time
 import urllib.error
@@ -18,9 +20,10 @@ from typing import Any
 import pytest
 from pulumi.runtime import rpc
 
-from bootstrap.settings import ServingSettings
-from infra.bootstrap_resource import BootstrapProvider, diff_props
-from infra.fingerprint import deploy_fingerprints
+from bootstrap.api import DeployOptions, PipSource
+from infra.bootstrap_resource import BootstrapArgs, BootstrapProvider, diff_props
+from serving.models import ModelSpec
+from serving.settings import ServingSettings
 from tests.support import testhost as th
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(3600)]
@@ -30,30 +33,34 @@ UNIT = "synthdet-torchserve"
 
 def provider_props(info: th.TestHostInfo, checkpoint: Path, serving: ServingSettings) -> dict:
     """What the program would hand the provider for this host (secrets wrapped as the engine does)."""
-    from bootstrap.api import ModelSpec
-
-    models = [ModelSpec("synthdet", checkpoint)]
-    serving_json = serving.model_dump(mode="json")
     find_links = info.deploy_args[info.deploy_args.index("--pip-find-links") + 1]
     trusted = info.deploy_args[info.deploy_args.index("--pip-trusted-host") + 1]
-    return {
-        "host": info.host,
-        "port": float(info.port),
-        "user": info.user,
-        "private_key": rpc.wrap_rpc_secret(Path(info.key).read_text()),
-        "instance_id": f"testhost:{info.name}",
-        "known_hosts": info.known_hosts,
-        "models": [{"name": "synthdet", "checkpoint": str(checkpoint), "label_map": None}],
-        "fingerprints": deploy_fingerprints(models, serving_json),
-        "serving": serving_json,
-        "public_port": 443.0,
-        "url_secret": rpc.wrap_rpc_secret("PulumiProviderSystemTest0123456"),
-        "pip": {"find_links": find_links, "trusted_hosts": [trusted]},
-        "torch_index_url": "",
-        "torch_version": "",
-        "ssh_wait_timeout_s": 120.0,
-        "delete_timeout_s": 5.0,
-    }
+    args = BootstrapArgs(
+        host=info.host,
+        user=info.user,
+        private_key=Path(info.key).read_text(),
+        instance_id=f"testhost:{info.name}",
+        models=[ModelSpec("synthdet", checkpoint)],
+        options=DeployOptions(
+            serving=serving, pip=PipSource(find_links=find_links, trusted_hosts=(trusted,))
+        ),
+        url_secret="PulumiProviderSystemTest0123456",
+        port=info.port,
+        known_hosts=info.known_hosts,
+    )
+    # props() wraps the secrets in Outputs, which need an event loop (a Pulumi program has one).
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        props = args.props()
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+    # As the engine hands them to a provider: secrets wrapped, numbers as floats.
+    props["private_key"] = rpc.wrap_rpc_secret(args.private_key)
+    props["url_secret"] = rpc.wrap_rpc_secret(args.url_secret)
+    props["port"] = float(info.port)
+    return props
 
 
 def post_jpeg(url: str, jpeg: bytes, timeout: float = 60.0) -> tuple[int, bytes]:
@@ -84,8 +91,8 @@ def unit_state(info: th.TestHostInfo) -> str:
 
 
 @pytest.fixture
-def host(fresh_testhost: Callable[[], th.TestHostInfo]) -> th.TestHostInfo:
-    return fresh_testhost()
+def host(fresh_testhost: Callable[..., th.TestHostInfo]) -> th.TestHostInfo:
+    return fresh_testhost(login="root")
 
 
 @pytest.fixture
@@ -122,7 +129,7 @@ def test_create_diff_update_delete(
     assert result.changes is True and result.replaces == []
     updated = provider.update(created.id, outs, new_props).outs
     assert updated["endpoint"] == endpoint
-    assert updated["serving"]["score_threshold"] == 0.9
+    assert updated["options"]["serving"]["score_threshold"] == 0.9
     assert any(changed for _, changed in updated["steps"])
     status, body = post_jpeg(endpoint, small_jpeg())
     assert status == 200 and body.strip().startswith(b"[")

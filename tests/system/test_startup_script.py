@@ -30,14 +30,18 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bootstrap.api import ModelSpec, PipSource
+from bootstrap.api import DeployOptions, PipSource
 from bootstrap.boot_local import boot_config
-from bootstrap.bundle import BOOT_REQUIREMENTS, build_bundle
-from bootstrap.contract import smoke
-from bootstrap.settings import ServingSettings
+from bootstrap.bundle import build_bundle
 from bootstrap.startup_script import config_json, config_models, config_object_name, render_startup_script
 from bootstrap.steps.base import UNIT_NAME
+from serving.contract import smoke
+from serving.endpoint import LB_HEALTH_PATH
+from serving.models import ModelSpec
+from serving.settings import ServingSettings
 from tests.support import testhost as th
+from tests.support.deployment import guest, wait_healthy
+from tests.support.testhost.wheelhouse import build_boot_wheelhouse, build_wheelhouse
 
 pytestmark = pytest.mark.system
 
@@ -61,25 +65,6 @@ WantedBy=multi-user.target
 """
 # Fetch, venv, pip, TorchServe start and a CPU model load on shared cores.
 SERVE_TIMEOUT_S = 900.0
-
-
-def boot_wheelhouse() -> Path:
-    """The bootstrap venv's packages (BOOT_REQUIREMENTS), downloaded once and cached."""
-    key = th._short_hash({"req": BOOT_REQUIREMENTS, "py": th.GUEST_PYTHON})
-    final = th.CACHE_ROOT / f"boot-wheels-{key}"
-    if final.is_dir():
-        return final
-    tmp = final.with_name(f".{final.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    subprocess.run(
-        [str(th.VENV / "bin" / "pip"), "download", "-q", "--disable-pip-version-check", "-d", str(tmp)]
-        + list(BOOT_REQUIREMENTS),
-        check=True,
-        timeout=1200,
-    )
-    tmp.rename(final)
-    return final
 
 
 def link_files(src: Path, dst: Path) -> None:
@@ -111,34 +96,23 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def guest(info: th.TestHostInfo, cmd: str, timeout: float = 120) -> str:
-    rc, out, err = th.ssh_exec(info, cmd, timeout=timeout)
-    assert rc == 0, f"{cmd!r} failed in the guest ({rc}): {err or out}"
-    return out
+def wait_startup_script_done(info: th.TestHostInfo, deadline: float) -> None:
+    """Until the oneshot unit has run to its end in this boot.
+
+    Serving alone does not say so: after the first boot nginx and TorchServe are
+    enabled and come up before the script starts; a unit that has not started yet
+    reads "inactive" like one that has finished. Its exit timestamp tells them apart.
+    """
+    query = f"systemctl show -p ExecMainExitTimestampMonotonic --value {STARTUP_UNIT}"
+    while guest(info, query).strip() in ("", "0"):
+        assert time.monotonic() < deadline, "the startup script did not finish\n" + boot_log(info)
+        time.sleep(3)
 
 
 def boot_log(info: th.TestHostInfo) -> str:
     _, log, _ = th.ssh_exec(info, "tail -n 80 /var/log/synthdet-boot.log")
     _, journal, _ = th.ssh_exec(info, f"journalctl -b -u {STARTUP_UNIT} --no-pager | tail -n 40")
     return f"boot log:\n{log}\njournal:\n{journal}"
-
-
-def wait_healthy(url: str, timeout_s: float, info: th.TestHostInfo) -> float:
-    """Poll the health path from outside, like the load balancer's health check."""
-    started = time.monotonic()
-    last = ""
-    with httpx.Client(verify=False, timeout=10.0) as client:
-        while time.monotonic() - started < timeout_s:
-            try:
-                response = client.get(url)
-                if response.status_code == 200:
-                    return time.monotonic() - started
-                last = f"HTTP {response.status_code}"
-            except httpx.HTTPError as exc:
-                last = f"{type(exc).__name__}"
-            time.sleep(3.0)
-    _, log, _ = th.ssh_exec(info, "tail -n 60 /var/log/synthdet-boot.log")
-    raise AssertionError(f"not healthy after {timeout_s:.0f} s ({last}); boot log:\n{log}")
 
 
 def test_startup_script_alone_brings_up_a_healthy_endpoint(
@@ -149,28 +123,24 @@ def test_startup_script_alone_brings_up_a_healthy_endpoint(
 
     # --- the "bucket": bundle + boot.json, and the wheels pip may use
     serving = ServingSettings.model_validate({})
-    bundle = build_bundle([ModelSpec("synthdet", unity_checkpoint)], serving, cache_dir=tmp_path / "cache")
+    bundle = build_bundle([ModelSpec("synthdet", unity_checkpoint)], serving, cache=tmp_path / "cache")
     www = tmp_path / "www"
     for item in bundle.files():
         target = www / item.object_name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(item.path, target)
     pypi = www / "pypi"
-    link_files(th.build_wheelhouse(), pypi)
-    link_files(boot_wheelhouse(), pypi)
+    link_files(build_wheelhouse(), pypi)
+    link_files(build_boot_wheelhouse(), pypi)
 
     secret = secrets.token_urlsafe(24)
     with serve_directory(www, info.host_side_ip) as base:
         pip = PipSource(find_links=f"{base}/pypi/", trusted_hosts=(info.host_side_ip,))
-        config = config_json(
-            boot_config(
-                models=config_models(bundle),
-                serving=serving.model_dump(mode="json"),
-                public_port=443,
-                url_secret=secret,
-                pip=pip,
-            )
+        # This machine plays the load balancer: nginx trusts it and answers its health checks.
+        options = DeployOptions(
+            serving=serving, url_secret=secret, pip=pip, balancer_cidrs=(f"{info.host_side_ip}/32",)
         )
+        config = config_json(boot_config(models=config_models(bundle), options=options))
         config_object = config_object_name(config)
         (www / config_object).parent.mkdir(parents=True, exist_ok=True)
         (www / config_object).write_text(config)
@@ -198,11 +168,8 @@ def test_startup_script_alone_brings_up_a_healthy_endpoint(
         # balancer's view), then the script's own end (its last check is one test image
         # through nginx: on the guest's shared CPU two at once only compete).
         base_url = f"https://{info.host}"
-        took = wait_healthy(f"{base_url}/{secret}/ping", SERVE_TIMEOUT_S, info)
-        deadline = time.monotonic() + SERVE_TIMEOUT_S
-        while guest(info, f"systemctl is-active {STARTUP_UNIT} || true").strip() == "activating":
-            assert time.monotonic() < deadline, "the startup script did not finish"
-            time.sleep(3)
+        took = wait_healthy(f"{base_url}{LB_HEALTH_PATH}", SERVE_TIMEOUT_S, every_s=3.0)
+        wait_startup_script_done(info, time.monotonic() + SERVE_TIMEOUT_S)
         result = smoke(f"{base_url}/{secret}/predictions/synthdet", timeout_s=120)
         assert result.status == 200
         print(f"healthy {took:.0f} s after the reboot; smoke {result.latency_ms:.0f} ms")
@@ -210,6 +177,10 @@ def test_startup_script_alone_brings_up_a_healthy_endpoint(
     with httpx.Client(verify=False, timeout=10.0) as client:
         assert client.get(f"{base_url}/ping").status_code == 404
         assert client.get(f"{base_url}/not-the-secret/ping").status_code == 404
+        assert client.get(f"{base_url}/{secret}/ping").status_code == 200
+    # The secret-free health path answers the balancer's addresses only.
+    refused = guest(info, f"curl -sk -o /dev/null -w '%{{http_code}}' https://127.0.0.1{LB_HEALTH_PATH}")
+    assert refused.strip() in ("403", "405"), refused
 
     # The guest ran it by itself: the oneshot unit finished successfully and logged it.
     assert guest(info, f"systemctl show -p Result --value {STARTUP_UNIT}").strip() == "success", boot_log(
@@ -225,11 +196,8 @@ def test_startup_script_alone_brings_up_a_healthy_endpoint(
     # nobody logging in, even with the "bucket" gone (the server above is stopped): what the
     # first boot fetched is cached and checked.
     th.reboot(info.name)
-    wait_healthy(f"{base_url}/{secret}/ping", SERVE_TIMEOUT_S, info)
-    deadline = time.monotonic() + SERVE_TIMEOUT_S
-    while guest(info, f"systemctl is-active {STARTUP_UNIT} || true").strip() == "activating":
-        assert time.monotonic() < deadline, "the startup script did not finish after the second boot"
-        time.sleep(3)
+    wait_healthy(f"{base_url}{LB_HEALTH_PATH}", SERVE_TIMEOUT_S, every_s=3.0)
+    wait_startup_script_done(info, time.monotonic() + SERVE_TIMEOUT_S)
     assert guest(info, f"systemctl show -p Result --value {STARTUP_UNIT}").strip() == "success", boot_log(
         info
     )

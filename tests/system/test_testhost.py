@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 
 from tests.support import testhost as th
+from tests.support.testhost.cli import remote_command
+from tests.support.testhost.image import rootfs_path
 
 pytestmark = pytest.mark.system
 
@@ -33,11 +35,17 @@ def _ok(info: th.TestHostInfo, cmd: str | list[str], timeout: float = 120) -> st
     return out
 
 
-def test_root_logs_in_with_the_host_key(testhost: th.TestHostInfo) -> None:
+def test_the_clouds_login_and_root_log_in_with_the_host_key(testhost: th.TestHostInfo) -> None:
     assert stat.S_IMODE(os.stat(testhost.key).st_mode) == 0o600
     assert _ok(testhost, "id -un; hostname").split() == ["root", testhost.name]
+    # The JSON's user is GCP's login: non-root, its own home, passwordless sudo.
+    assert testhost.user == "synthdet"
+    rc, out, err = th.ssh_exec(testhost, "id -u; echo $HOME; sudo -n id -un", user=testhost.user)
+    assert rc == 0, err
+    uid, home, sudo_user = out.split()
+    assert int(uid) >= 1000 and home == "/home/synthdet" and sudo_user == "root"
     # The shared image must not carry anyone's key: it lives in this host's own layer.
-    rootfs = th.rootfs_path()
+    rootfs = rootfs_path()
     assert not (rootfs / "root/.ssh/authorized_keys").exists()
     assert not list((rootfs / "etc/ssh").glob("ssh_host_*"))
 
@@ -49,7 +57,7 @@ def test_cli_up_is_idempotent_and_prints_the_json(testhost: th.TestHostInfo) -> 
     assert data == asdict(testhost)
     ip = data["host_side_ip"]
     assert data["host"] == re.sub(r"\.1$", ".2", ip)
-    assert data["user"] == "root" and data["port"] == 22
+    assert data["user"] == "synthdet" and data["port"] == 22
     assert data["deploy_args"][0::2] == ["--pip-find-links", "--pip-trusted-host"]
     assert re.fullmatch(rf"http://{re.escape(ip)}:\d+/", data["deploy_args"][1])
     assert data["deploy_args"][3] == ip
@@ -115,6 +123,21 @@ def test_wheelhouse_is_served_to_the_guest(testhost: th.TestHostInfo) -> None:
             "torchserve",
         ],
     )
+
+
+def test_cli_exec_takes_a_command_string_like_ssh(testhost: th.TestHostInfo) -> None:
+    assert remote_command(["--", "echo a; echo b"]) == "echo a; echo b"
+    assert remote_command(["systemctl", "is-active", "nginx"]) == "systemctl is-active nginx"
+    proc = subprocess.run(
+        [str(CLI), "exec", testhost.name, "--", "echo one; echo $((1 + 1))"], capture_output=True, text=True
+    )
+    assert proc.returncode == 0 and proc.stdout.split() == ["one", "2"], proc.stderr
+
+
+def test_cli_status_says_so_when_no_host_is_up(tmp_path: Path) -> None:
+    env = {**os.environ, "SYNTHDET_TESTHOST_STATE": str(tmp_path / "empty")}
+    proc = subprocess.run([str(CLI), "status"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0 and "no test hosts on this machine" in proc.stdout
 
 
 def test_reboot_keeps_the_disk(testhost: th.TestHostInfo) -> None:

@@ -8,15 +8,16 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import numpy as np
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from bootstrap.bench import BenchConfig, Phone, Tally, frame_times, percentile, run_bench
-from bootstrap.cli import app
+from synthdet.bench import BenchConfig, Phone, Tally, frame_times, percentile, run_bench
+from synthdet.cli import app
+from tests.support.loopback import loopback_endpoint
 
 
 @dataclass
@@ -57,15 +58,8 @@ def fake() -> Iterator[tuple[FakeApp, str]]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield state, f"http://127.0.0.1:{server.server_address[1]}/predictions/synthdet"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with loopback_endpoint(Handler) as url:
+        yield state, url
 
 
 @pytest.mark.parametrize("q", [0, 1, 10, 50, 90, 99, 100])
@@ -130,13 +124,30 @@ def test_slow_answers_are_timeouts(fake: tuple[FakeApp, str]) -> None:
     assert result.ok == 0 and result.p50_ms is None and result.throughput_rps == 0
 
 
-@pytest.mark.parametrize(("status", "body"), [(503, b'{"code": 503}'), (200, b'{"objects": 1}')])
+@pytest.mark.parametrize(("status", "body"), [(500, b'{"code": 500}'), (200, b'{"objects": 1}')])
 def test_answers_the_app_would_drop_are_errors(fake: tuple[FakeApp, str], status: int, body: bytes) -> None:
     state, url = fake
     state.status, state.body = status, body
     result = run_bench(BenchConfig(url=url, phones=1, duration_s=0.4))
-    assert result.errors == result.sent == 2 and result.ok == 0
+    assert result.errors == result.sent == 2 and result.ok == result.refused == 0
     assert result.error_samples
+
+
+LONG_BUSY = "the server is busy with other frames; retry " + "(a long explanation) " * 12
+
+
+@pytest.mark.parametrize("status", [503, 429])
+def test_busy_answers_are_refusals_not_errors_and_keep_the_whole_message(
+    fake: tuple[FakeApp, str], status: int
+) -> None:
+    state, url = fake
+    state.status, state.body = status, json.dumps({"code": status, "error": LONG_BUSY}).encode()
+    result = run_bench(BenchConfig(url=url, phones=1, duration_s=0.4))
+    assert result.refused == result.sent == 2 and result.errors == result.ok == 0
+    assert result.refusal_samples == (f"HTTP {status}: {LONG_BUSY}",)  # whole, said once
+    outcome = CliRunner().invoke(app, ["bench", url, "--duration", "0.4"])
+    assert "refused 2" in outcome.output and "busy and said so" in outcome.output
+    assert LONG_BUSY.strip() in " ".join(outcome.output.split())
 
 
 def test_cli_prints_one_json_object(fake: tuple[FakeApp, str]) -> None:

@@ -1,4 +1,9 @@
-"""What the steps write (templates, scripts, pip arguments), checked without a host."""
+"""What the steps write and send, checked without a host.
+
+Rendering (templates, scripts, pip arguments) is checked as text; the steps
+themselves run against `tests.support.fake_host.FakeRunner`: canned facts and
+answers in, the commands they send and the files they place out.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +14,15 @@ from types import SimpleNamespace
 
 import pytest
 
-from bootstrap.api import DeployOptions, DeployResult, ModelSpec, PipSource
-from bootstrap.certs import make_self_signed
-from bootstrap.deploy import undeploy_script
+from bootstrap.api import DeployOptions, DeployResult, PipSource
+from bootstrap.deploy import check_privileges, remove_account_script, undeploy_script
 from bootstrap.facts import HostFacts, OsInfo, PythonProbe
-from bootstrap.steps import STEPS, health, layout, nginx, packages, secret, torchserve, venv
-from bootstrap.steps.base import Context, HostState, render_template
+from bootstrap.steps import STEPS, firewall, health, layout, nginx, packages, secret, torchserve, venv
+from bootstrap.steps.base import SECRET_FILE, SERVICE_USER, Context, DeployError, HostState, render_template
 from bootstrap.torch_select import CUDA_BUILDS, TorchChoice
+from serving.certs import make_self_signed
+from serving.models import ModelSpec
+from tests.support.fake_host import FakeRunner
 
 SECRET = "Zr3_kP0-qX7mW2nB9vL4tY8sD1fH6jGc"
 
@@ -25,10 +32,11 @@ def make_ctx(
     options: DeployOptions | None = None,
     gpus: tuple = (),
     pythons: tuple[PythonProbe, ...] = (),
+    host: FakeRunner | None = None,
 ) -> Context:
     facts = HostFacts(OsInfo("debian", "12", "Debian 12"), "x86_64", 2, 4000, gpus, pythons)
     ctx = Context(
-        conn=None,  # type: ignore[arg-type]  # nothing here talks to a host
+        conn=host or FakeRunner(),
         facts=facts,
         models=models,
         options=options or DeployOptions(),
@@ -58,22 +66,35 @@ def test_nginx_site_guards_every_path_with_the_secret() -> None:
         f"/{SECRET}/predictions/synthdet",
         f"/{SECRET}/predictions/other",
         f"/{SECRET}/ping",
+        "/synthdet-viewer",
         "/",
         # Named locations: JSON bodies for the errors nginx makes itself.
         "@synthdet_429",
         "@synthdet_503",
         "@synthdet_404",
         "@synthdet_405",
+        "@synthdet_400",
         "@synthdet_413",
     ]
-    # Prediction locations: POST only, a Content-Type always, to loopback TorchServe.
+    # Prediction locations: a browser's GET is the viewer page; POST and PUT reach
+    # TorchServe as POST with raw bytes; nothing else.
     for name in ("synthdet", "other"):
         block = site.split(f"location = /{SECRET}/predictions/{name} {{")[1].split("\n    }\n")[0]
-        assert "limit_except POST { deny all; }" in block
+        assert "if ($request_method ~ ^(GET|HEAD)$) { rewrite ^ /synthdet-viewer last; }" in block
+        assert "if ($request_method !~ ^(POST|PUT)$) { return 405; }" in block
+        assert "limit_except POST" not in block  # it would refuse the viewer's GET before the rewrite
+        assert "proxy_method POST;" in block
         assert "proxy_set_header Content-Type $synthdet_content_type;" in block
         assert f"proxy_pass http://synthdet_torchserve/predictions/{name};" in block
+    viewer = site.split("location = /synthdet-viewer {")[1].split("\n    }\n")[0]
+    assert "internal;" in viewer and "alias /opt/synthdet/viewer/index.html;" in viewer
     assert "server 127.0.0.1:18080;" in site
-    assert '""      "application/octet-stream";' in site
+    # The body decides, not the label: only a real multipart form passes as it is.
+    content_map = site.split("map $http_content_type $synthdet_content_type {")[1].split("}")[0]
+    assert '"~*^multipart/form-data" $http_content_type;' in content_map
+    assert 'default                  "application/octet-stream";' in content_map
+    assert "Content-Security-Policy \"default-src 'none'; script-src 'sha256-" in site
+    assert "set_real_ip_from" not in site and "/synthdet-health" not in site
     assert "client_max_body_size 10485760;" in site
     # The catch-all answers 404 after the rate limit (try_files, not return).
     catch_all = site.split("location / {")[1].split("\n    }\n")[0]
@@ -83,6 +104,23 @@ def test_nginx_site_guards_every_path_with_the_secret() -> None:
     assert "$request" not in log_format.replace("$request_method", "").replace("$request_length", "").replace(
         "$request_time", ""
     )
+
+
+def test_nginx_behind_a_balancer_counts_phones_and_answers_its_health_check() -> None:
+    ranges = ("130.211.0.0/22", "35.191.0.0/16", "198.51.100.80/32")
+    site = nginx.render_site(make_ctx(options=DeployOptions(balancer_cidrs=ranges)))
+    for cidr in ranges:
+        assert f"    set_real_ip_from {cidr};" in site.splitlines()
+    assert "real_ip_header X-Forwarded-For;" in site and "real_ip_recursive on;" in site
+    # The balancer's health path: no secret in it, for the balancer's addresses only.
+    block = site.split("location = /synthdet-health {")[1].split("\n    }\n")[0]
+    assert [line.strip() for line in block.strip().splitlines()] == [
+        "limit_except GET { deny all; }",
+        *(f"allow {cidr};" for cidr in ranges),
+        "deny all;",
+        "proxy_pass http://synthdet_torchserve/ping;",
+    ]
+    assert SECRET not in block
 
 
 def test_nginx_site_bounds_overload_and_says_when_to_retry() -> None:
@@ -111,7 +149,7 @@ def test_nginx_inflight_cap_follows_the_hardware() -> None:
 
 
 def test_nginx_site_custom_port_and_limits() -> None:
-    from bootstrap.settings import ServingSettings
+    from serving.settings import ServingSettings
 
     options = DeployOptions(public_port=8443, serving=ServingSettings(max_request_bytes=2 << 20))
     site = nginx.render_site(make_ctx(options=options))
@@ -131,18 +169,28 @@ def test_certificate_reuse_rules() -> None:
 
 
 # ---------------------------------------------------------------- TorchServe
-def test_unit_is_foreground_supervised_and_hardened() -> None:
-    unit = torchserve.render_unit(has_gpu=False)
+def test_unit_runs_java_directly_as_the_service_account_behind_the_firewall() -> None:
+    ctx = make_ctx()
+    ctx.python_version = "3.11.2"
+    unit = torchserve.render_unit(ctx, "/usr/bin/java")
     assert "{{" not in unit
     exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
-    assert "--foreground" in exec_start and "--ts-config /etc/synthdet/config.properties" in exec_start
+    site = "/opt/synthdet/venv/lib/python3.11/site-packages"
+    # No `torchserve` wrapper: it would put "." first on the class path.
+    assert exec_start.startswith(f"ExecStart=/usr/bin/java -Dmodel_server_home={site} -Xmx512m ")
+    assert f" -cp {site}/ts/frontend/* org.pytorch.serve.ModelServer " in exec_start
+    assert "--python /opt/synthdet/venv/bin/python -f /etc/synthdet/config.properties" in exec_start
+    assert ".:" not in exec_start
     for line in (
-        "User=synthdet",
+        f"User={SERVICE_USER}",
+        "Requires=synthdet-firewall.service",
         "Restart=always",
         "RestartSec=2",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
-        "ReadWritePaths=/var/lib/synthdet /var/log/synthdet",
+        # Its working directory and home are not among what it may write.
+        "WorkingDirectory=/var/lib/synthdet",
+        "ReadWritePaths=/var/lib/synthdet/tmp /var/log/synthdet",
         "ProtectHome=yes",
         "PrivateTmp=yes",
         "PrivateDevices=yes",
@@ -150,12 +198,17 @@ def test_unit_is_foreground_supervised_and_hardened() -> None:
         "Environment=TMPDIR=/var/lib/synthdet/tmp",
         "Environment=LOG_LOCATION=/var/log/synthdet",
         "Environment=TS_DECODE_INPUT_REQUEST=false",
+        "Environment=PYTHONNOUSERSITE=1",
         "WantedBy=multi-user.target",
         "StartLimitIntervalSec=0",
     ):
         assert line in unit.splitlines(), line
     # The GPU's device nodes stay visible on GPU hosts.
-    assert "PrivateDevices=no" in torchserve.render_unit(has_gpu=True).splitlines()
+    gpu = make_ctx(gpus=(SimpleNamespace(),))
+    gpu.python_version = "3.10.12"
+    gpu_unit = torchserve.render_unit(gpu, "/usr/bin/java")
+    assert "PrivateDevices=no" in gpu_unit.splitlines()
+    assert "/opt/synthdet/venv/lib/python3.10/site-packages" in gpu_unit
 
 
 def test_torchserve_config_listens_on_loopback_and_enables_model_reload() -> None:
@@ -168,12 +221,13 @@ def test_torchserve_config_listens_on_loopback_and_enables_model_reload() -> Non
     assert props["disable_token_authorization"] == "true"
 
 
-def test_workers_ready() -> None:
+def test_workers_ready_in_words_people_read() -> None:
     ready = '[{"modelName": "synthdet", "workers": [{"id": "9000", "status": "READY"}]}]'
-    loading = '[{"workers": [{"status": "READY"}, {"status": "UNLOADING"}]}]'
-    assert health.workers_ready(ready) == (True, "READY")
-    assert health.workers_ready(loading)[0] is False
-    assert health.workers_ready('[{"workers": []}]') == (False, "no workers")
+    loading = '[{"workers": [{"status": "READY"}, {"status": "UNLOADING"}, {"status": "UNLOADING"}]}]'
+    assert health.workers_ready(ready) == (True, "1 worker ready")
+    # TorchServe says UNLOADING for a worker still loading its model: say "loading".
+    assert health.workers_ready(loading) == (False, "1 worker ready, 2 workers loading")
+    assert health.workers_ready('[{"workers": []}]') == (False, "no workers yet")
     assert health.workers_ready("<html>")[0] is False
 
 
@@ -196,7 +250,6 @@ def test_public_urls(address: str, port: int, expected: str) -> None:
     url = health.model_url(ctx, "synthdet")
     assert url == expected
     assert WELL_FORMED.match(url)  # plain characters only: .NET's IsWellFormedUriString
-    assert health.health_url(ctx).endswith(f"/{SECRET}/ping")
 
 
 def test_secrets() -> None:
@@ -225,10 +278,10 @@ def test_java_version(text: str, major: int | None) -> None:
 def test_wanted_packages() -> None:
     with_venv = PythonProbe("/usr/bin/python3", "3.11.2", has_venv=True)
     ctx = make_ctx(pythons=(with_venv,))
-    assert packages.wanted_packages(ctx, 17, {"nginx": "1.22"}) == []
-    assert packages.wanted_packages(ctx, 8, {}) == ["openjdk-17-jre-headless", "nginx"]
+    assert packages.wanted_packages(ctx, 17, {"nginx": "1.22", "nftables": "1.0"}) == []
+    assert packages.wanted_packages(ctx, 8, {}) == ["openjdk-17-jre-headless", "nginx", "nftables"]
     bare = make_ctx(pythons=(PythonProbe("/usr/bin/python3", "3.11.2", has_venv=False),))
-    assert packages.wanted_packages(bare, 17, {"nginx-light": "1"}) == ["python3-venv"]
+    assert packages.wanted_packages(bare, 17, {"nginx-light": "1", "nftables": "1"}) == ["python3-venv"]
 
 
 def test_pip_args() -> None:
@@ -279,22 +332,221 @@ def test_venv_stamp_changes_with_inputs() -> None:
 
 
 # ----------------------------------------------------------- layout, undeploy
-def test_layout_script_is_idempotent_shell() -> None:
-    script = layout.script()
-    assert "useradd --system" in script and "nologin" in script
-    assert "-name '.*.part-*'" in script  # partial uploads are swept
+NO_ACCOUNT = ""
+SYSTEM_ACCOUNT = (
+    f"{SERVICE_USER}:x:998:998:SynthDet TorchServe:/var/lib/synthdet:/usr/sbin/nologin\n{SERVICE_USER}\n"
+)
+# What GCP's guest agent makes of the stacks' login (named like the project).
+GCP_LOGIN = (
+    f"{SERVICE_USER}:x:1000:1001::/home/{SERVICE_USER}:/bin/bash\n{SERVICE_USER} adm video google-sudoers\n"
+)
+
+
+def layout_host(getent: str) -> FakeRunner:
+    return FakeRunner().on(r"^getent passwd", getent).on(r"^useradd ").on(r"^set -e\n", "CHANGED\n")
+
+
+@pytest.mark.parametrize(
+    ("getent", "creates"),
+    [(NO_ACCOUNT, True), (SYSTEM_ACCOUNT, False)],
+    ids=["no account yet", "our system account"],
+)
+def test_layout_creates_the_service_account_only_when_missing(getent: str, creates: bool) -> None:
+    host = layout_host(getent)
+    ctx = make_ctx(host=host)
+    result = layout.apply(ctx)
+    assert result.changed
+    useradd = host.ran(r"^useradd ")
+    assert bool(useradd) is creates
+    if creates:
+        assert "--system" in useradd[0] and "--shell /usr/sbin/nologin" in useradd[0]
+        assert useradd[0].endswith(f" {SERVICE_USER}") and "--groups" not in useradd[0]
+    # Recorded only when this deploy made it: undeploy removes exactly those.
+    assert ctx.state.created_users == ([SERVICE_USER] if creates else [])
+    directories = host.ran(r"^set -e\n")[0]
+    # Its home and working directory are root's; it writes its tmp and log dirs only.
+    assert (
+        f"'root:{SERVICE_USER} 750' ]; then\n  install -d -o root -g {SERVICE_USER} -m 750 /var/lib/synthdet"
+        in (directories)
+    )
+    assert f"install -d -o {SERVICE_USER} -g {SERVICE_USER} -m 700 /var/lib/synthdet/tmp" in directories
+    assert "-name '.*.part-*'" in directories  # partial uploads are swept
+
+
+@pytest.mark.parametrize(
+    ("passwd", "why"),
+    [
+        (GCP_LOGIN, "uid 1000 is a person's"),
+        (f"{SERVICE_USER}:x:1001:1001::/home/x:/usr/sbin/nologin\n{SERVICE_USER}\n", "its home is /home/x"),
+        (f"{SERVICE_USER}:x:999:999::/var/lib/x:/bin/sh\n{SERVICE_USER}\n", "login shell (/bin/sh)"),
+        (f"{SERVICE_USER}:x:999:999::/var/lib/x:/usr/sbin/nologin\n{SERVICE_USER} sudo\n", "groups sudo"),
+        (f"{SERVICE_USER}:x:0:0::/root:/bin/bash\n{SERVICE_USER}\n", "it is root"),
+    ],
+    ids=["gcp login", "home under /home", "login shell", "admin group", "root"],
+)
+def test_layout_refuses_an_account_that_belongs_to_somebody(passwd: str, why: str) -> None:
+    host = layout_host(passwd)
+    ctx = make_ctx(host=host)
+    with pytest.raises(DeployError, match=rf"(?s)already exists.*{re.escape(why)}.*nothing was changed"):
+        layout.apply(ctx)
+    # It stopped before changing anything: no account, no directory, nothing recorded.
+    assert host.commands == [host.commands[0]] and host.commands[0].startswith("getent passwd")
+    assert ctx.state.created_users == []
 
 
 def test_undeploy_removes_only_what_deploy_added() -> None:
     nothing_installed = undeploy_script(HostState())
     assert "systemctl disable --now synthdet-torchserve.service" in nothing_installed
-    assert "rm -rf /opt/synthdet /var/lib/synthdet /var/log/synthdet /etc/synthdet" in (nothing_installed)
+    assert "systemctl disable --now synthdet-firewall.service" in nothing_installed
+    assert "nft delete table inet synthdet" in nothing_installed
+    assert "rm -rf /opt/synthdet /var/lib/synthdet /var/log/synthdet /etc/synthdet" in nothing_installed
     assert "apt-get" not in nothing_installed and "userdel" not in nothing_installed
     assert "sites-enabled/default" not in nothing_installed
-    full = undeploy_script(HostState(apt_installed=["nginx"], removed_default_site=True, created_user=True))
-    assert "purge -y -q nginx" in full and "userdel synthdet" in full
+    full = undeploy_script(
+        HostState(apt_installed=["nginx"], removed_default_site=True, created_users=[SERVICE_USER])
+    )
+    assert "purge -y -q nginx" in full and f"userdel {SERVICE_USER}" in full
     assert "ln -sfn /etc/nginx/sites-available/default" in full
     assert "purge" not in undeploy_script(HostState(apt_installed=["nginx"]), keep_packages=True)
+
+
+def test_an_old_deploy_state_still_names_the_account_it_created() -> None:
+    assert HostState.from_json('{"created_user": true}').created_users == ["synthdet"]
+    assert HostState.from_json('{"created_user": false}').created_users == []
+
+
+@pytest.mark.parametrize(
+    ("passwd", "removed"),
+    [
+        (f"{SERVICE_USER}:x:998:998::/var/lib/synthdet:/usr/sbin/nologin", True),
+        (f"{SERVICE_USER}:x:1000:1000::/home/{SERVICE_USER}:/bin/bash", False),
+        (f"{SERVICE_USER}:x:997:997::/var/lib/x:/bin/bash", False),
+        ("", False),
+    ],
+    ids=["system account", "a login now", "a shell now", "gone"],
+)
+def test_undeploy_never_deletes_a_login_even_one_it_created(passwd: str, removed: bool) -> None:
+    """The account guard is shell: run it against a fake getent and userdel."""
+    import subprocess
+
+    script = remove_account_script(SERVICE_USER)
+    fake = f"getent() {{ [ -n '{passwd}' ] && echo '{passwd}'; }}; userdel() {{ echo USERDEL \"$1\"; }}; "
+    out = subprocess.run(["sh", "-c", fake + script], capture_output=True, text=True, check=True)
+    assert (f"USERDEL {SERVICE_USER}" in out.stdout) is removed
+    if passwd and not removed:
+        assert "not a system account" in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("stderr", "why"),
+    [
+        ("sudo: a password is required\n", "asks for a password"),
+        ("synthdet is not in the sudoers file.  This incident will be reported.\n", "may not use sudo"),
+        ("sh: 1: sudo: not found\n", "sudo is not installed"),
+    ],
+)
+def test_a_login_without_passwordless_sudo_is_refused_before_anything_changes(stderr: str, why: str) -> None:
+    host = FakeRunner(root=False).on(r"^true$", (1, "", stderr))
+    with pytest.raises(DeployError, match=rf"(?s){why}.*NOPASSWD.*Nothing was changed"):
+        check_privileges(host)
+    assert host.commands == ["true"] and host.sudo_used == [True]
+    check_privileges(FakeRunner(root=False).on(r"^true$"))  # passwordless sudo: fine
+    check_privileges(FakeRunner(root=True))  # root: nothing to check, nothing sent
+
+
+# ------------------------------------------------------------------ firewall
+NGINX_CONF = "user www-data;\nworker_processes auto;\n"
+
+
+def firewall_host() -> FakeRunner:
+    host = FakeRunner().on(r"^command -v nft$", "/usr/sbin/nft\n").on(r"^id -u www-data$", "33\n")
+    host.on(r"^systemctl (daemon-reload|restart|is-enabled)").on(
+        r"^systemctl is-active", (3, "inactive\n", "")
+    )
+    host.put("/etc/nginx/nginx.conf", NGINX_CONF)
+    return host
+
+
+def test_firewall_rules_admit_root_and_nginx_on_every_torchserve_port() -> None:
+    rules = firewall.render_rules([0, 33])
+    assert rules.splitlines()[3:5] == ["table inet synthdet", "delete table inet synthdet"]  # atomic reload
+    (rule,) = [line.strip() for line in rules.splitlines() if "reject" in line]
+    assert rule == (
+        'oifname "lo" tcp dport { 7070, 7071, 18080, 18081, 18082 } meta skuid != { 0, 33 } '
+        "counter reject with tcp reset"
+    )
+
+
+def test_firewall_step_installs_rules_and_their_unit_then_is_a_no_op() -> None:
+    host = firewall_host()
+    ctx = make_ctx(host=host)
+    assert firewall.apply(ctx).changed
+    assert "meta skuid != { 0, 33 }" in host.text("/etc/synthdet/nftables.conf")
+    assert host.files["/etc/synthdet/nftables.conf"].mode == "600"
+    unit = host.text("/etc/systemd/system/synthdet-firewall.service")
+    assert "ExecStart=nft -f /etc/synthdet/nftables.conf" in unit
+    assert "ExecStop=nft delete table inet synthdet" in unit
+    assert "Before=network-pre.target synthdet-torchserve.service" in unit
+    assert host.ran(r"^systemctl restart synthdet-firewall.service$")
+    # Rerun with the rules active: nothing written, nothing restarted.
+    host.commands.clear()
+    host.on(r"^systemctl is-active", "active\n")
+    assert not firewall.apply(ctx).changed
+    assert not host.ran(r"restart|mv -f") and not host.ran(r"daemon-reload")
+
+
+def test_firewall_step_says_what_is_missing() -> None:
+    host = FakeRunner().on(r"^command -v nft$", (1, "", ""))
+    with pytest.raises(DeployError, match="nftables"):
+        firewall.apply(make_ctx(host=host))
+    broken = firewall_host().on(r"^id -u www-data$", (1, "", "id: 'www-data': no such user"))
+    with pytest.raises(DeployError, match="www-data"):
+        firewall.apply(make_ctx(host=broken))
+
+
+# ------------------------------------------------------------- url secret
+@pytest.mark.parametrize(
+    ("stored", "wanted", "detail", "changed"),
+    [
+        (None, None, "created", True),
+        (SECRET, None, "kept", False),
+        (SECRET, "N" * 32, "rotated (the old URL and QR code stop working)", True),
+        (SECRET, SECRET, "kept", False),
+    ],
+)
+def test_secret_step_says_what_happened(
+    stored: str | None, wanted: str | None, detail: str, changed: bool
+) -> None:
+    host = FakeRunner()
+    if stored:
+        host.put(SECRET_FILE, stored + "\n", mode="600")
+    ctx = make_ctx(host=host, options=DeployOptions(url_secret=wanted))
+    result = secret.apply(ctx)
+    assert (result.detail, result.changed) == (detail, changed)
+    assert host.text(SECRET_FILE) == ctx.secret + "\n" and host.files[SECRET_FILE].mode == "600"
+    assert ctx.secret == (wanted or stored or ctx.secret) and secret.SECRET_PATTERN.match(ctx.secret)
+
+
+# ------------------------------------------------------------ model upload
+def test_upload_places_a_changed_archive_privately_and_skips_an_unchanged_one(tmp_path: Path) -> None:
+    from bootstrap.steps import upload_model
+    from serving.inputs import sha256_file
+
+    mar = tmp_path / "synthdet.mar"
+    mar.write_bytes(b"archive bytes" * 100)
+    host = FakeRunner().on(r"^df -P -B1 ", "99999999999\n")
+    ctx = make_ctx(host=host)
+    ctx.archives, ctx.archive_sha256 = {"synthdet": mar}, {"synthdet": sha256_file(mar)}
+    sent: list[int] = []
+    ctx.progress = SimpleNamespace(upload=lambda label, done, total: sent.append(done))  # type: ignore[assignment]
+    assert upload_model.apply(ctx).changed
+    placed = host.files["/var/lib/synthdet/model-store/synthdet.mar"]
+    assert placed.data == mar.read_bytes()
+    assert (placed.owner, placed.mode) == (f"root:{SERVICE_USER}", "640")
+    assert sent[0] == 0 and sent[-1] == mar.stat().st_size  # progress from 0 to the whole file
+    host.commands.clear()
+    assert not upload_model.apply(ctx).changed
+    assert not host.ran(r"cat > ")
 
 
 def test_host_state_round_trip_tolerates_garbage() -> None:
@@ -320,7 +572,7 @@ def test_deploy_result_json() -> None:
         steps=[("packages", False)],
         host={"gpu": None},
     )
-    data = result.to_json_dict()
+    data = result.to_dict()
     assert data["endpoint"] == result.endpoint and data["cert_sha256"] == "AB:CD"
     assert data["public_ip"] == "h" and data["steps"] == [{"name": "packages", "changed": False}]
 
@@ -332,6 +584,28 @@ def test_deploy_options_validation() -> None:
         DeployOptions(public_port=0)
 
 
+def test_deploy_options_cross_boundaries_as_plain_json() -> None:
+    import json
+
+    from serving.settings import ServingSettings
+
+    options = DeployOptions(
+        public_port=8443,
+        url_secret=SECRET,
+        tls_cert=Path("/c.pem"),
+        tls_key=Path("/k.pem"),
+        pip=PipSource(find_links="http://10.0.0.1:8000/", trusted_hosts=("10.0.0.1",)),
+        serving=ServingSettings(workers=2, warmup_sizes=((320, 240),)),
+        balancer_cidrs=("130.211.0.0/22",),
+        torch_version="2.8.0",
+    )
+    data = json.loads(json.dumps(options.to_dict()))  # what Pulumi state and boot.json hold
+    assert DeployOptions.from_dict(data) == options
+    assert DeployOptions.from_dict({}) == DeployOptions()
+    with pytest.raises(ValueError, match="unknown deploy options"):
+        DeployOptions.from_dict({"color": "blue"})
+
+
 def test_context_workers_default_one_per_gpu() -> None:
     assert make_ctx().workers_per_model == 1
     gpus = tuple(SimpleNamespace() for _ in range(2))
@@ -339,29 +613,15 @@ def test_context_workers_default_one_per_gpu() -> None:
 
 
 # ------------------------------------------------------------- disk space
-class _DfConnection:
-    """Answers `df` with a fixed number of free bytes; records nothing else."""
-
-    def __init__(self, free: str, rc: int = 0) -> None:
-        self.free, self.rc = free, rc
-
-    def run(self, cmd: str, **_: object) -> object:
-        from bootstrap.ssh import RunResult
-
-        assert cmd.startswith("df -P -B1 /var/lib/synthdet/model-store")
-        return RunResult(cmd, self.rc, self.free + "\n", "")
-
-
 def test_upload_is_refused_up_front_when_the_disk_cannot_hold_it() -> None:
     from bootstrap.steps import upload_model
-    from bootstrap.steps.base import DeployError
 
-    ctx = make_ctx()
     size = 170 * 2**20
-    ctx.conn = _DfConnection(str(size + upload_model.SPARE_BYTES))  # type: ignore[assignment]
-    upload_model.check_space(ctx, "synthdet", size)  # just enough
-    ctx.conn = _DfConnection(str(size))  # type: ignore[assignment]
+
+    def with_df(answer: tuple[int, str, str]) -> Context:
+        return make_ctx(host=FakeRunner().on(r"^df -P -B1 /var/lib/synthdet/model-store", answer))
+
+    upload_model.check_space(with_df((0, f"{size + upload_model.SPARE_BYTES}\n", "")), "synthdet", size)
     with pytest.raises(DeployError, match=r"not enough disk space .* synthdet\.mar.* still served"):
-        upload_model.check_space(ctx, "synthdet", size)
-    ctx.conn = _DfConnection("", rc=1)  # type: ignore[assignment]
-    upload_model.check_space(ctx, "synthdet", size)  # df failed: let the upload try
+        upload_model.check_space(with_df((0, f"{size}\n", "")), "synthdet", size)
+    upload_model.check_space(with_df((1, "", "df: no")), "synthdet", size)  # df failed: let the upload try

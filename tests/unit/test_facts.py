@@ -17,9 +17,9 @@ from bootstrap.facts import (
     parse_meminfo_mb,
     parse_nvidia_smi,
     parse_os_release,
-    parse_sha256sum,
     parse_torch_probe,
 )
+from bootstrap.files import parse_sha256sum
 
 DEBIAN_12 = """\
 PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"

@@ -7,19 +7,20 @@ torchvision's decode_jpeg runs the same call on the CPU.
 from __future__ import annotations
 
 import io
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-from bootstrap import local_serve
-from bootstrap.api import ModelSpec
-from bootstrap.settings import ServingSettings
 from handler import service
 from handler.errors import RequestError
 from handler.imaging import decode_image, jpeg_for_gpu, to_tensor
 from handler.service import HandlerSettings, SynthDetHandler
+from serving.models import ModelSpec
+from serving.settings import ServingSettings
+from synthdet import local_serve
 from tests.support.images import encode, make_test_jpeg, photo, with_exif_orientation
 
 LIMIT = 40_000_000
@@ -128,31 +129,49 @@ def test_blank_warmup_jpeg_is_a_plain_jpeg() -> None:
 
 
 def test_unchanged_archives_are_not_rebuilt(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """One cache for every caller (serve, deploy, replica bundles), keyed by content hashes."""
+    from serving import archive
+
     checkpoint = tmp_path / "model.pth"
     checkpoint.write_bytes(b"weights")
     built: list[str] = []
 
     def fake_build(checkpoint: Path, store: Path, *, model_name: str, **_: object) -> Path:
         built.append(model_name)
+        store.mkdir(parents=True, exist_ok=True)
         target = store / f"{model_name}.mar"
         target.write_bytes(b"archive")
         return target
 
-    monkeypatch.setattr(local_serve, "build_archive", fake_build)
+    monkeypatch.setattr(archive, "build_archive", fake_build)
+    monkeypatch.setenv("SYNTHDET_CACHE", str(tmp_path / "cache"))
     store, model = tmp_path / "store", ModelSpec("synthdet", checkpoint)
     for _ in range(2):
-        assert local_serve.build_archives([model], store, ServingSettings(), None) == {
+        assert local_serve.stage_archives([model], store, ServingSettings(), None) == {
             "synthdet": "synthdet.mar"
         }
     assert built == ["synthdet"]
-    local_serve.build_archives([model], store, ServingSettings(score_threshold=0.7), None)
+    assert (store / "synthdet.mar").resolve().parent.parent == tmp_path / "cache" / "archives"
+    local_serve.stage_archives([model], store, ServingSettings(score_threshold=0.7), None)
     assert len(built) == 2  # settings changed
+    checkpoint.write_bytes(b"weights")  # touched, same bytes: no change
+    local_serve.stage_archives([model], store, ServingSettings(score_threshold=0.7), None)
+    assert len(built) == 2
     checkpoint.write_bytes(b"retrained weights")
-    local_serve.build_archives([model], store, ServingSettings(score_threshold=0.7), None)
+    local_serve.stage_archives([model], store, ServingSettings(score_threshold=0.7), None)
     assert len(built) == 3  # checkpoint changed
-    (store / "synthdet.mar").unlink()
-    local_serve.build_archives([model], store, ServingSettings(score_threshold=0.7), None)
-    assert len(built) == 4  # archive gone
+    key = archive.archive_key(model, ServingSettings())
+    assert key == archive.archive_key(ModelSpec("synthdet", checkpoint), ServingSettings())
+    assert key != archive.archive_key(ModelSpec("other", checkpoint), ServingSettings())
+    # The handler's code is in the key, exactly what the archive carries of it.
+    copy = tmp_path / "handler"
+    shutil.copytree(archive.HANDLER_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(archive, "HANDLER_DIR", copy)
+    assert archive.archive_key(model, ServingSettings()) == key
+    (copy / "notes.txt").write_text("not shipped")
+    assert archive.archive_key(model, ServingSettings()) == key
+    (copy / "service.py").write_text((copy / "service.py").read_text() + "\n# changed\n")
+    assert archive.archive_key(model, ServingSettings()) != key
 
 
 def test_memory_beyond_the_warm_up_high_water_mark_is_returned(monkeypatch: pytest.MonkeyPatch) -> None:

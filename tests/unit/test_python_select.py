@@ -13,11 +13,12 @@ import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bootstrap import python_select
-from bootstrap.api import DeployOptions, ModelSpec, PipSource
+from bootstrap.api import DeployOptions, PipSource
 from bootstrap.facts import (
     GpuInfo,
     HostFacts,
@@ -29,9 +30,11 @@ from bootstrap.facts import (
     parse_interpreters,
     parse_python_version,
 )
-from bootstrap.ssh import RunResult
+from bootstrap.runner import RunResult
 from bootstrap.steps import venv
 from bootstrap.steps.base import Context, DeployError, HostState
+from serving.models import ModelSpec
+from tests.support.fake_host import FakeRunner
 
 UBUNTU_2004 = OsInfo("ubuntu", "20.04", "Ubuntu 20.04.6 LTS", ("debian",))
 DEBIAN_12 = OsInfo("debian", "12", "Debian GNU/Linux 12 (bookworm)")
@@ -77,7 +80,7 @@ VERIFY_OK = json.dumps({"torch": "2.8.0+cu126", "cuda": "12.6", "cuda_available"
 
 # ------------------------------------------------------------- fake host
 @dataclass
-class FakeHost:
+class FakeHost(FakeRunner):
     """Answers the venv step's commands; records them for the assertions."""
 
     # Name (or glob) interpreter_query looks for -> the line it prints when present.
@@ -89,32 +92,17 @@ class FakeHost:
     # False: pip could not get uv itself (the script never reaches `uv python install`).
     uv_pip_ok: bool = True
     verify: str = VERIFY_OK
-    commands: list[str] = field(default_factory=list)
     envs: list[dict[str, str]] = field(default_factory=list)
-    files: dict[str, str] = field(default_factory=dict)
     built: set[str] = field(default_factory=set)
     link: str = ""
 
-    def run(
-        self,
-        cmd: str,
-        *,
-        sudo: bool = True,
-        check: bool = True,
-        stdin: bytes | None = None,
-        timeout_s: float | None = None,
-        env: dict[str, str] | None = None,
-    ) -> RunResult:
-        self.commands.append(cmd)
-        self.envs.append(dict(env or {}))
-        rc, out, err = self._answer(cmd)
-        result = RunResult(cmd, rc, out, err)
-        return result.check() if check else result
+    def run(self, cmd: str, **kwargs: Any) -> RunResult:  # type: ignore[override]
+        self.envs.append(dict(kwargs.get("env") or {}))
+        return super().run(cmd, **kwargs)
 
-    def upload_atomic(self, data: bytes, path: str, **_: object) -> None:
-        self.files[path] = data.decode()
-
-    def _answer(self, cmd: str) -> tuple[int, str, str]:
+    def _answer(self, cmd: str, stdin: bytes | None) -> tuple[int, str, str]:
+        if 'mv -f "$tmp"' in cmd:  # a file placed with bootstrap.files
+            return super()._answer(cmd, stdin)
         if m := re.match(r"for p in (.*?); do", cmd):
             names = shlex.split(m.group(1))
             return 0, "".join(self.interpreters.get(n, "") for n in names), ""
@@ -131,7 +119,8 @@ class FakeHost:
             self.interpreters["/opt/synthdet/python/cpython-3*/bin/python3"] = UV_LINE
             return 0, "", ""
         if m := re.match(r'echo "\$\(readlink \S+\)"; cat (\S+)', cmd):
-            return 0, f"{self.link}\n{self.files.get(m.group(1), '')}", ""
+            stamp = self.files.get(m.group(1))
+            return 0, f"{self.link}\n{stamp.data.decode() if stamp else ''}", ""
         if m := re.match(r"test -x (\S+)/bin/torchserve", cmd):
             return (0 if m.group(1) in self.built else 1), "", ""
         if m := re.match(r"rm -rf (\S+) && .* -m venv", cmd):
@@ -258,7 +247,7 @@ def test_old_image_python_with_python311_present_installs_torch() -> None:
     assert ctx.torch.build.flavor == "cu126"
     assert "Python 3.11.2 (host)" in result.detail
     assert not host.ran("apt-get") and not host.ran("python install")
-    stamp = json.loads(next(v for k, v in host.files.items() if k.endswith(venv.STAMP_NAME)))
+    stamp = json.loads(next(v.data for k, v in host.files.items() if k.endswith(venv.STAMP_NAME)))
     assert stamp["python"] == "/usr/bin/python3.11" and stamp["python_version"] == "3.11.2"
     assert rerun_is_noop(ctx, host)
 

@@ -14,18 +14,17 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from typer.testing import CliRunner
 
-from bootstrap import cli_deploy
 from bootstrap.api import DeployResult, SshTarget
+from bootstrap.runner import CommandError, RunResult, command_argv, command_line
 from bootstrap.ssh import (
-    CommandError,
     Connection,
-    RunResult,
     SshAuthError,
     SshTimeoutError,
     _RecordNewHostKey,
     known_hosts_name,
     load_private_key,
 )
+from synthdet import deploy_commands
 
 
 def openssh_key() -> str:
@@ -71,13 +70,13 @@ def test_first_contact_records_the_host_key(tmp_path: Path) -> None:
     assert recorded.lookup("[10.0.0.2]:2222")["ssh-ed25519"] == key
 
 
-def test_wrap_uses_sudo_only_for_other_users() -> None:
-    root = Connection(paramiko.SSHClient(), SshTarget("h", "root"))
-    user = Connection(paramiko.SSHClient(), SshTarget("h", "ubuntu"))
-    assert not root.wrap("id").startswith("sudo")
-    assert user.wrap("id").startswith("sudo -n ")
-    assert not user.wrap("id", sudo=False).startswith("sudo")
-    assert "FOO='a b'" in root.wrap("echo $FOO", env={"FOO": "a b"})
+def test_commands_use_sudo_only_for_other_users() -> None:
+    assert Connection(paramiko.SSHClient(), SshTarget("h", "root")).is_root
+    assert not Connection(paramiko.SSHClient(), SshTarget("h", "ubuntu")).is_root
+    assert command_argv("id", sudo=True, is_root=True) == ["env", "LC_ALL=C", "sh", "-c", "id"]
+    assert command_line("id", sudo=True, is_root=False).startswith("sudo -n env LC_ALL=C sh -c id")
+    assert not command_line("id", sudo=False, is_root=False).startswith("sudo")
+    assert "'FOO=a b'" in command_line("echo $FOO", sudo=True, is_root=True, env={"FOO": "a b"})
 
 
 def test_run_result_check() -> None:
@@ -103,15 +102,19 @@ def test_waiting_for_ssh_gives_up_with_a_clear_message(tmp_path: Path) -> None:
 # ------------------------------------------------------------------- CLI
 def make_app() -> typer.Typer:
     app = typer.Typer()
-    app.command("deploy")(cli_deploy.deploy)
-    app.command("undeploy")(cli_deploy.undeploy)
+    app.command("deploy")(deploy_commands.deploy)
+    app.command("undeploy")(deploy_commands.undeploy)
     return app
 
 
+LONG_URL = (
+    "https://gpu-server-in-a-long-domain.example.org:8443/s3cr3ts3cr3ts3cr3ts3cr3t/predictions/synthdet"
+)
+FINGERPRINT = ":".join(["AB"] * 32)  # 95 characters, as a real SHA-256 fingerprint
 FAKE = DeployResult(
-    endpoints={"synthdet": "https://203.0.113.7/s3cr3ts3cr3ts3cr3t/predictions/synthdet"},
-    endpoint="https://203.0.113.7/s3cr3ts3cr3ts3cr3t/predictions/synthdet",
-    cert_sha256="AB:CD",
+    endpoints={"synthdet": LONG_URL},
+    endpoint=LONG_URL,
+    cert_sha256=FINGERPRINT,
     changed=True,
     public_address="203.0.113.7",
     steps=[("packages", True)],
@@ -129,7 +132,7 @@ def test_cli_deploy_builds_the_calls_and_prints_json_last(
         progress.step_done("packages", True, "installed nginx")
         return FAKE
 
-    monkeypatch.setattr(cli_deploy.deploy_lib, "deploy", fake_deploy)
+    monkeypatch.setattr(deploy_commands.deploy_lib, "deploy", fake_deploy)
     ckpt = tmp_path / "m.pth"
     ckpt.write_bytes(b"x")
     result = CliRunner().invoke(
@@ -159,7 +162,10 @@ def test_cli_deploy_builds_the_calls_and_prints_json_last(
     )
     assert result.exit_code == 0, result.output
     last = json.loads(result.stdout.strip().splitlines()[-1])
-    assert last["endpoint"] == FAKE.endpoint and last["cert_sha256"] == "AB:CD"
+    assert last["endpoint"] == FAKE.endpoint and last["cert_sha256"] == FINGERPRINT
+    # Piped output (not a terminal) is never wrapped: URLs and fingerprints copy whole.
+    assert f"Certificate SHA-256: {FINGERPRINT}" in result.stderr.splitlines()
+    assert f"Endpoint: {LONG_URL}" in result.stderr.splitlines()
     assert seen["target"].user == "ubuntu" and seen["target"].host == "203.0.113.7"
     assert [m.name for m in seen["models"]] == ["synthdet", "other"]
     options = seen["options"]
@@ -172,7 +178,7 @@ def test_cli_deploy_errors_exit_1_with_the_message(monkeypatch: pytest.MonkeyPat
     def failing(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise SshAuthError("root@h:22 refused the key. Check --user and --key.")
 
-    monkeypatch.setattr(cli_deploy.deploy_lib, "deploy", failing)
+    monkeypatch.setattr(deploy_commands.deploy_lib, "deploy", failing)
     result = CliRunner().invoke(make_app(), ["deploy", "--host", "h", "--model", "x.pth"])
     assert result.exit_code == 1
     assert "Check --user and --key" in result.output

@@ -1,0 +1,230 @@
+"""A GPU VM on Google Compute Engine: network, firewall, static IP, SSH key, instance.
+
+The helpers here (accelerators, scheduling, firewall rules, labels, prices)
+are the GCP facts the replica fleet (`infra/gcp/group.py`) reuses.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulumi
+import pulumi_gcp as gcp
+
+from infra.host import Host, instance_known_hosts, ssh_key
+from infra.images import ImageChoice
+from infra.pricing import Estimate, gcp_hourly, warn_missing
+
+# `synthdet:gpu` -> the GCE accelerator type.
+ACCELERATOR_TYPES = {"t4": "nvidia-tesla-t4"}
+BOOT_DISK_TYPE = "pd-balanced"
+
+
+@dataclass
+class GcpGpuHostArgs:
+    zone: str
+    region: str
+    machine_type: str
+    gpu: str
+    gpu_count: int
+    image: ImageChoice
+    ssh_user: str
+    ssh_cidrs: list[str]
+    endpoint_cidrs: list[str]
+    public_port: int
+    disk_size_gb: int = 125
+    spot: bool = False
+    max_run_hours: int = 0
+    # Any image reference GCE accepts; empty: the image table's family.
+    image_override: str = ""
+    ssh_key_path: str = ""
+    project: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+def accelerator_type(gpu: str) -> str:
+    try:
+        return ACCELERATOR_TYPES[gpu]
+    except KeyError:
+        raise ValueError(f"no GCE accelerator for GPU {gpu!r}: {sorted(ACCELERATOR_TYPES)}") from None
+
+
+def label_value(value: str) -> str:
+    """GCP label values: lowercase letters, digits, '-' and '_', at most 63."""
+    return re.sub(r"[^a-z0-9_-]", "-", value.lower())[:63]
+
+
+def labels(app: str) -> dict[str, str]:
+    return {"app": app, "stack": label_value(pulumi.get_stack())}
+
+
+def scheduling(spot: bool, max_run_hours: int = 0, *, replica: bool = False) -> dict[str, Any]:
+    """Scheduling for a GPU VM or instance template (the same keys for both argument types).
+
+    GPU VMs cannot live-migrate: host maintenance must TERMINATE (and restart).
+    Spot VMs are never restarted automatically; standard ones come back. A host's
+    spot VM (or one past its run limit) STOPs, keeping its disk and deployment; a
+    preempted replica is deleted and its group makes a new one.
+    """
+    stop_at_limit = max_run_hours > 0
+    replica_action = "DELETE" if spot else None
+    host_action = "STOP" if (spot or stop_at_limit) else None
+    return {
+        "on_host_maintenance": "TERMINATE",
+        "automatic_restart": not spot,
+        "preemptible": spot,
+        "provisioning_model": "SPOT" if spot else "STANDARD",
+        "instance_termination_action": replica_action if replica else host_action,
+    }
+
+
+def instance_scheduling(spot: bool, max_run_hours: int) -> gcp.compute.InstanceSchedulingArgs:
+    limit = (
+        gcp.compute.InstanceSchedulingMaxRunDurationArgs(seconds=max_run_hours * 3600)
+        if max_run_hours > 0
+        else None
+    )
+    return gcp.compute.InstanceSchedulingArgs(**scheduling(spot, max_run_hours), max_run_duration=limit)
+
+
+def allow_tcp(
+    name: str,
+    network: gcp.compute.Network,
+    ports: list[int],
+    cidrs: list[str],
+    tag: str,
+    project: str | None,
+    parent: pulumi.Resource,
+) -> gcp.compute.Firewall:
+    """An ingress rule: these TCP ports, from these ranges, to instances with this tag."""
+    return gcp.compute.Firewall(
+        name,
+        network=network.id,
+        project=project,
+        direction="INGRESS",
+        allows=[gcp.compute.FirewallAllowArgs(protocol="tcp", ports=[str(p) for p in ports])],
+        source_ranges=cidrs,
+        target_tags=[tag],
+        opts=pulumi.ResourceOptions(parent=parent),
+    )
+
+
+def own_network(name: str, project: str | None, parent: pulumi.Resource) -> gcp.compute.Network:
+    """Our own VPC: the `default` network's stock rules open SSH to the world, a new one
+    denies all ingress until our rules allow it."""
+    return gcp.compute.Network(
+        name, auto_create_subnetworks=True, project=project, opts=pulumi.ResourceOptions(parent=parent)
+    )
+
+
+def hourly_cost(region: str, machine_type: str, gpu: str, gpu_count: int, disk_size_gb: int) -> Estimate:
+    return warn_missing(
+        gcp_hourly(region, machine_type, accelerator_type(gpu), gpu_count, disk_size_gb, BOOT_DISK_TYPE)
+    )
+
+
+class GcpGpuHost(pulumi.ComponentResource):
+    """One GPU VM with a static IP, reachable on SSH (from `ssh_cidrs`) and the public port."""
+
+    host: Host
+    public_ip: pulumi.Output[str]
+    instance_id: pulumi.Output[str]
+
+    def __init__(self, name: str, args: GcpGpuHostArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("synthdet:index:GcpGpuHost", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        key = ssh_key(name, args.ssh_key_path, self)
+        network = own_network(f"{name}-net", args.project, self)
+        tag = f"{name}-gpu-host"
+        firewalls = [
+            allow_tcp(f"{name}-allow-ssh", network, [22], args.ssh_cidrs, tag, args.project, self),
+            allow_tcp(
+                f"{name}-allow-https",
+                network,
+                [args.public_port],
+                args.endpoint_cidrs,
+                tag,
+                args.project,
+                self,
+            ),
+        ]
+        address = gcp.compute.Address(
+            f"{name}-ip", region=args.region, project=args.project, labels=args.labels, opts=child
+        )
+
+        image = args.image_override or args.image.source
+        if not args.image_override:
+            # Fail in preview when the family is gone; the instance itself takes the family
+            # path, which the provider resolves at create time and does not diff afterwards
+            # (a newer image in the family does not replace the VM).
+            self.image = gcp.compute.get_image_output(
+                family=args.image.gcp_family,
+                project=args.image.gcp_project,
+                opts=pulumi.InvokeOutputOptions(parent=self),
+            ).self_link
+        else:
+            self.image = pulumi.Output.from_input(image)
+
+        user = args.ssh_user
+        instance = gcp.compute.Instance(
+            f"{name}-vm",
+            zone=args.zone,
+            project=args.project,
+            machine_type=args.machine_type,
+            boot_disk=gcp.compute.InstanceBootDiskArgs(
+                auto_delete=True,
+                initialize_params=gcp.compute.InstanceBootDiskInitializeParamsArgs(
+                    image=image, size=args.disk_size_gb, type=BOOT_DISK_TYPE
+                ),
+            ),
+            guest_accelerators=[
+                gcp.compute.InstanceGuestAcceleratorArgs(
+                    type=accelerator_type(args.gpu), count=args.gpu_count
+                )
+            ],
+            scheduling=instance_scheduling(args.spot, args.max_run_hours),
+            network_interfaces=[
+                gcp.compute.InstanceNetworkInterfaceArgs(
+                    network=network.id,
+                    access_configs=[
+                        gcp.compute.InstanceNetworkInterfaceAccessConfigArgs(nat_ip=address.address)
+                    ],
+                )
+            ],
+            metadata={
+                "ssh-keys": key.public_openssh.apply(lambda k: f"{user}:{k} {user}"),
+                # Only this key logs in: project-wide keys (anyone with project metadata
+                # rights) do not reach the VM, nor does OS Login, which would ignore it.
+                "block-project-ssh-keys": "TRUE",
+                "enable-oslogin": "FALSE",
+                # Deep Learning VM images install the driver on first boot if it is missing.
+                "install-nvidia-driver": "True",
+            },
+            tags=[tag],
+            labels=args.labels,
+            allow_stopping_for_update=True,
+            # The static IP can only be attached to one VM: remove the old one first.
+            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True, depends_on=firewalls),
+        )
+
+        cost = hourly_cost(args.region, args.machine_type, args.gpu, args.gpu_count, args.disk_size_gb)
+        self.public_ip = address.address
+        self.instance_id = instance.id
+        self.host = Host(
+            public_ip=address.address,
+            instance_id=instance.id,
+            ssh_user=user,
+            ssh_port=22,
+            ssh_private_key=key.private_key,
+            ssh_key_path=key.path,
+            gpu=args.gpu,
+            machine_type=args.machine_type,
+            hourly_cost_usd=cost.rounded(),
+            ready=[instance],
+            known_hosts=instance_known_hosts(instance.id),
+        )
+        self.register_outputs(
+            {"public_ip": self.public_ip, "instance_id": self.instance_id, "image": self.image}
+        )

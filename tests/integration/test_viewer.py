@@ -1,0 +1,183 @@
+"""The web viewer in a real browser (headless Chromium with a fake camera).
+
+First against a recording server, which answers every frame with the same two
+detections after a delay, so the page's own behaviour can be checked exactly:
+what it sends (the app's JPEG, size and Content-Type), how many frames it keeps
+in flight, what it draws and lists, the threshold slider and the pause button.
+Then on `synthdet serve` with a real model: live frames in, detections out. The
+same page through nginx on a deployed host: tests/system/test_viewer_deployed.py.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from handler.labels import load_label_names
+from serving.viewer import content_security_policy, viewer_page
+from synthdet.local_serve import LocalServer
+from tests.support.browser import (
+    chromium,
+    painted_pixels,
+    require_chromium,
+    save_screenshot,
+    set_threshold,
+    wait_for,
+    wait_for_labels,
+    write_y4m,
+)
+from tests.support.loopback import loopback_endpoint
+
+pytestmark = pytest.mark.integration
+
+CANNED = [
+    {
+        "label": "cereal_cheerios_honeynut",
+        "label_id": 5,
+        "box": {"top_left": {"x": 100.0, "y": 80.0}, "bottom_right": {"x": 500.0, "y": 400.0}},
+        "score": 0.99,
+    },
+    {
+        "label": "snack_granola_bars",
+        "label_id": 40,
+        "box": {"top_left": {"x": 700.0, "y": 200.0}, "bottom_right": {"x": 900.0, "y": 500.0}},
+        "score": 0.8,
+    },
+    {  # a second box of the first class: listed once, with its count
+        "label": "cereal_cheerios_honeynut",
+        "label_id": 5,
+        "box": {"top_left": {"x": 520.0, "y": 80.0}, "bottom_right": {"x": 680.0, "y": 300.0}},
+        "score": 0.6,
+    },
+]
+# Where the README's screenshot comes from (`SYNTHDET_SCREENSHOTS=docs/images ./dev test ...`).
+SCREENSHOTS = os.environ.get("SYNTHDET_SCREENSHOTS")
+
+
+class Recorder:
+    def __init__(self, delay_s: float) -> None:
+        self.delay_s = delay_s
+        self.lock = threading.Lock()
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.posts: list[tuple[str, tuple[int, int], str]] = []  # (content type, JPEG size, format)
+
+
+@pytest.fixture
+def recorder() -> Iterator[tuple[Recorder, str]]:
+    state = Recorder(delay_s=0.4)
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802 - stdlib name
+            body = viewer_page()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Security-Policy", content_security_policy())
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self) -> None:  # noqa: N802 - stdlib name
+            with state.lock:
+                state.in_flight += 1
+                state.max_in_flight = max(state.max_in_flight, state.in_flight)
+            data = self.rfile.read(int(self.headers["Content-Length"]))
+            image = Image.open(io.BytesIO(data))
+            time.sleep(state.delay_s)
+            with state.lock:
+                state.posts.append((self.headers["Content-Type"], image.size, image.format or ""))
+                state.in_flight -= 1
+            body = json.dumps(CANNED).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    with loopback_endpoint(Handler) as url:
+        yield state, url
+
+
+def labels_text(driver: object) -> str:
+    return str(driver.execute_script("return document.getElementById('labels').textContent"))  # type: ignore[attr-defined]
+
+
+def test_the_page_streams_like_the_app_draws_and_filters(
+    recorder: tuple[Recorder, str], tmp_path: Path
+) -> None:
+    require_chromium()
+    state, url = recorder
+    camera = write_y4m(tmp_path / "camera.y4m", size=(1280, 720))
+    with chromium(tmp_path, camera=camera) as driver:
+        driver.get(url)
+        # The app's default threshold (0.98): only the 0.99 detection is listed.
+        wait_for(driver, "document.getElementById('labels').textContent.includes('cereal')")
+        assert labels_text(driver) == "cereal_cheerios_honeynut 0.99"
+        assert painted_pixels(driver) > 1000  # boxes and captions drawn over the video
+        assert wait_for(driver, "document.getElementById('rtt').textContent.endsWith(' ms')")
+        assert float(driver.execute_script("return document.getElementById('fps').textContent")) > 0
+        set_threshold(driver, 0.5)
+        assert labels_text(driver) == "cereal_cheerios_honeynut 0.99 ×2, snack_granola_bars 0.80"
+        # Pause: no more frames.
+        driver.find_element("id", "pause").click()
+        time.sleep(1.0)  # let the frames in flight finish
+        paused_at = len(state.posts)
+        time.sleep(1.5)
+        assert len(state.posts) == paused_at
+        driver.find_element("id", "pause").click()
+        deadline = time.monotonic() + 10
+        while len(state.posts) <= paused_at and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(state.posts) > paused_at, "resume did not send again"
+        # Portrait: the page follows the rotation; boxes are redrawn for the new size.
+        driver.set_window_size(420, 860)
+        wait_for(driver, "document.getElementById('overlay').getBoundingClientRect().width < 500")
+        assert painted_pixels(driver) > 500
+    # Every frame as the app sends it: JPEG, 1280 px wide, Content-Type image/jpg.
+    assert state.posts
+    assert {content_type for content_type, _, _ in state.posts} == {"image/jpg"}
+    assert {size for _, size, _ in state.posts} == {(1280, 720)}
+    assert {fmt for _, _, fmt in state.posts} == {"JPEG"}
+    # A slow server (0.4 s an answer) never gets more than a few at once: frames are dropped.
+    assert 1 <= state.max_in_flight <= 3
+
+
+def test_without_a_camera_the_page_says_what_to_do(recorder: tuple[Recorder, str], tmp_path: Path) -> None:
+    require_chromium()
+    _, url = recorder
+    with chromium(tmp_path) as driver:  # no fake camera: headless Chromium has none
+        driver.get(url)
+        wait_for(driver, "document.body.classList.contains('failed')")
+        title = driver.execute_script("return document.getElementById('help-title').textContent")
+        assert title in ("No camera found", "Camera access was refused", "The camera could not start")
+        help_text = driver.execute_script("return document.getElementById('help').innerText")
+        assert "self-signed certificate" in help_text and "Try again" in help_text
+
+
+def test_live_detections_from_synthdet_serve(torchserve: LocalServer, tmp_path: Path) -> None:
+    require_chromium()
+    names = set(load_label_names())
+    camera = write_y4m(tmp_path / "camera.y4m", size=(1280, 960))
+    with chromium(tmp_path, camera=camera) as driver:
+        driver.get(torchserve.prediction_url("synthdet"))  # http://127.0.0.1: a secure context
+        set_threshold(driver, 0.5)  # an untrained model is never 0.98 sure
+        # CPU inference: a few seconds a frame; the page waits for its answers.
+        shown = wait_for_labels(driver, timeout_s=240)
+        assert shown and shown <= names
+        assert painted_pixels(driver) > 1000
+        if SCREENSHOTS:
+            set_threshold(driver, 0.7)  # fewer of an untrained model's many boxes
+            time.sleep(3)  # a fresh frame or two
+            save_screenshot(driver, Path(SCREENSHOTS) / "viewer.jpg")
