@@ -25,12 +25,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import tenacity
 from common import app_frames, checkpoint_or_demo, median, timed
 
 from serving.contract import parse_like_app, post_image
 from serving.models import ModelSpec
 from serving.settings import ServingSettings
 from synthdet.local_serve import LocalServeConfig, free_port, start_local_server
+
+# A ready server answers its first frame within this (warm-up included).
+FIRST_ANSWER_TIMEOUT_S = 300
 
 
 def cold_start(config: LocalServeConfig, frame: bytes) -> tuple[Any, dict[str, float]]:
@@ -42,12 +46,16 @@ def cold_start(config: LocalServeConfig, frame: bytes) -> tuple[Any, dict[str, f
         server.wait_ready(600)
         ready = time.perf_counter() - started
         url = server.prediction_url(config.models[0].name)
-        while True:
-            response = post_image(url, frame, timeout_s=120)
-            if response.is_success:
+        # Ready workers may still refuse the first frames (warm-up): retry for a while.
+        for attempt in tenacity.Retrying(
+            stop=tenacity.stop_after_delay(FIRST_ANSWER_TIMEOUT_S),
+            wait=tenacity.wait_fixed(0.2),
+            reraise=True,
+        ):
+            with attempt:
+                response = post_image(url, frame, timeout_s=120)
+                response.raise_for_status()
                 parse_like_app(response.content)
-                break
-            time.sleep(0.2)
     except BaseException:
         server.stop()
         raise

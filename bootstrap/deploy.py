@@ -9,8 +9,10 @@ removes what deploy installed, as recorded on the host, and nothing else.
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 from collections.abc import Sequence
+from types import ModuleType
 
 from bootstrap import files
 from bootstrap.api import DeployOptions, DeployResult, Progress, SshTarget
@@ -34,6 +36,7 @@ from bootstrap.steps.base import (
     Context,
     DeployError,
     HostState,
+    StepResult,
     write_state,
 )
 from bootstrap.steps.firewall import FIREWALL_UNIT_FILE, FIREWALL_UNIT_NAME, TABLE
@@ -129,12 +132,9 @@ def run_steps(
     steps: list[tuple[str, bool]] = []
     for step in STEPS:
         progress.status(f"{step.NAME} ...")
-        result = step.apply(ctx)
+        result = apply_and_record(step, ctx)
         steps.append((result.name, result.changed))
         progress.step_done(result.name, result.changed, result.detail)
-        if step is not packages:  # /etc/synthdet exists from `layout` on
-            # Remember what was done so far: undeploy and reruns read it.
-            write_state(ctx)
 
     endpoints = {spec.name: model_url(ctx, spec.name) for spec in models}
     host = dict(facts.summary())
@@ -153,6 +153,25 @@ def run_steps(
         steps=steps,
         host=host,
     )
+
+
+def apply_and_record(step: ModuleType, ctx: Context) -> StepResult:
+    """Run one step (a module of bootstrap.steps), then write down what was done so far
+    (undeploy and reruns read it).
+
+    A step that fails half way is recorded too (an account or packages it added before
+    failing), on a best-effort basis: its own error is the one the user must see.
+    """
+    try:
+        result = step.apply(ctx)
+    except BaseException:
+        if step is not packages:
+            with contextlib.suppress(Exception):
+                write_state(ctx)
+        raise
+    if step is not packages:  # /etc/synthdet exists from `layout` on
+        write_state(ctx)
+    return result
 
 
 def remove_account_script(name: str) -> str:

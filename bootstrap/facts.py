@@ -408,6 +408,7 @@ class Account:
     shell: str
     # Every group it is in, its primary group included.
     groups: tuple[str, ...] = ()
+    comment: str = ""  # the GECOS field
 
 
 def parse_account(passwd_line: str, groups_line: str = "") -> Account | None:
@@ -422,6 +423,7 @@ def parse_account(passwd_line: str, groups_line: str = "") -> Account | None:
         home=fields[5],
         shell=fields[6],
         groups=tuple(groups_line.split()),
+        comment=fields[4],
     )
 
 

@@ -13,7 +13,6 @@ layout step (`PART_GLOB`).
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 import re
 import secrets
@@ -22,7 +21,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO
 
 from bootstrap.runner import Runner, RunnerError, SentCallback
-from serving.inputs import sha256_file
+from serving.inputs import sha256_bytes, sha256_file
 
 # Hidden temporaries of uploads in flight (`.NAME.part-XXXXXXXX`).
 PART_GLOB = ".*.part-*"
@@ -93,10 +92,7 @@ def upload_atomic(
     expected_sha256: str | None = None,
 ) -> str:
     """Place `source` at `path` with this owner and mode, verified and atomically; its sha256."""
-    if isinstance(source, bytes):
-        digest = hashlib.sha256(source).hexdigest()
-    else:
-        digest = expected_sha256 or sha256_file(source)
+    digest = sha256_bytes(source) if isinstance(source, bytes) else expected_sha256 or sha256_file(source)
     script = _placement_script(part_path(path), path, digest, owner, group or owner, mode)
     with _open(source) as stream:
         result = runner.run(script, stdin=stream, check=False, timeout_s=3600, on_sent=on_sent)
@@ -133,7 +129,7 @@ def ensure_file(
     q = shlex.quote(path)
     probe = runner.run(f"if [ -f {q} ]; then sha256sum {q}; stat -c '%U:%G %a' {q}; fi").stdout.splitlines()
     have = parse_sha256sum(probe[0]) if probe else None
-    if have != hashlib.sha256(data).hexdigest():
+    if have != sha256_bytes(data):
         upload_atomic(runner, data, path, mode=mode, owner=owner, group=group)
         return True
     if len(probe) > 1 and probe[1].strip() != f"{owner}:{group} {mode:o}":

@@ -263,6 +263,13 @@ def _check_cloud_keys(stack: StackConfig) -> None:
             "the replicas' unattended bootstrap, so every instance would fail its health check and be "
             "replaced forever while billing. Use gpu t4 for replicas, or one m60 host (replicas: 1)."
         )
+    if stack.cloud == "aws" and stack.spot and stack.idle_stop_minutes:
+        raise ConfigError(
+            "synthdet:idleStopMinutes cannot be used with synthdet:spot on AWS: the stack's spot "
+            "instance comes from a one-time request, which AWS does not let an alarm stop, so the "
+            "idle instance would keep billing. Drop idleStopMinutes (spot is already cheap), or "
+            "set spot: false to have an on-demand instance stopped when idle."
+        )
     if stack.ssh_user == SERVICE_USER:
         raise ConfigError(
             f"synthdet:sshUser {SERVICE_USER!r} is the name of the account the model runs as; "

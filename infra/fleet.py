@@ -145,8 +145,20 @@ def startup_script(
     )
 
 
-def warn_single_host_keys(settings: Settings) -> None:
+def warn_fleet_settings(settings: Settings) -> None:
+    """What a fleet's config leaves open: single-host keys, and a torch nobody pinned."""
     stack = settings.stack
     for key, value in (("maxRunHours", stack.max_run_hours), ("idleStopMinutes", stack.idle_stop_minutes)):
         if value:
             pulumi.log.warn(f"synthdet:{key} applies to the single host only, not to replicas")
+    if stack.cloud == "ssh":  # refused for fleets by the config already
+        return
+    image = select_image(stack.cloud, stack.gpu)
+    if not image.carries_torch and not stack.image and not stack.torch_version:
+        # Everything else a replica installs is locked with hashes; torch comes from the
+        # PyTorch index for the GPU's CUDA build, so only its version can be held.
+        pulumi.log.warn(
+            f"{image.source} carries no torch, so every replica installs the newest torch the "
+            "PyTorch index serves on the day it boots: set synthdet:torchVersion (e.g. 2.9.1) "
+            "to give them all the same one"
+        )

@@ -94,6 +94,7 @@ class ImageChoice:
     driver_branch: int = 0  # the NVIDIA driver branch the line ships
     open_kernel_modules: bool = False
     torch_build: str = ""  # the PyTorch CUDA build expected to serve on it
+    carries_torch: bool = False  # the image's own torch serves (nothing downloaded at boot)
     note: str = ""
 
     @property
@@ -117,6 +118,7 @@ IMAGES: dict[tuple[Cloud, str], ImageChoice] = {
         driver_branch=580,
         open_kernel_modules=True,
         torch_build="cu129",
+        carries_torch=True,
         note="The image's own torch (cu129, sm_75 kernels) serves the T4; no download.",
     ),
     ("aws", "t4"): ImageChoice(

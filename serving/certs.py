@@ -66,13 +66,16 @@ def pinned_context(cert_pem: bytes) -> ssl.SSLContext:
     """TLS that trusts exactly this certificate, self-signed or not.
 
     A deploy's own checks use it for the certificate it has just installed, so
-    they talk to that server and nothing in between, without a CA. The
-    partial-chain flag makes the certificate itself the trust anchor (also when
-    a CA issued it); the name is not checked on top, since only the holder of
-    this very certificate's key can complete the handshake anyway (and a
-    user's own certificate may name a domain while the deploy uses an IP).
+    they talk to that server and nothing in between, without a CA. Only the
+    first certificate of `cert_pem` (the server's own: a user's full chain has
+    its CAs after it) becomes the trust anchor, through the partial-chain flag:
+    trusting the whole chain would accept any certificate that CA issued. The
+    name is not checked on top, since only the holder of this very
+    certificate's key can complete the handshake anyway (and a user's own
+    certificate may name a domain while the deploy uses an IP).
     """
-    context = ssl.create_default_context(cadata=cert_pem.decode("ascii"))
+    leaf = x509.load_pem_x509_certificate(cert_pem).public_bytes(serialization.Encoding.PEM)
+    context = ssl.create_default_context(cadata=leaf.decode("ascii"))
     context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
     context.check_hostname = False
     context.verify_mode = ssl.CERT_REQUIRED

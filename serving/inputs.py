@@ -39,6 +39,11 @@ def sha256_files(files: Iterable[Path], root: Path) -> str:
     return digest.hexdigest()
 
 
+def canonical_json(value: Any) -> str:
+    """A JSON value as one text for its contents (sorted keys, no spaces): what gets hashed."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
 def inputs_hash(value: Any) -> str:
     """sha256 of a JSON value in canonical form (sorted keys): settings, stamps, fingerprints."""
-    return sha256_bytes(json.dumps(value, sort_keys=True, separators=(",", ":"), default=str))
+    return sha256_bytes(canonical_json(value))

@@ -22,7 +22,7 @@ import typer.core
 from rich.table import Table
 
 from serving.archive import cache_dir
-from serving.endpoint import redact
+from serving.endpoint import health_url, redact
 from serving.models import DEFAULT_MODEL_NAME, ModelSpec
 from serving.settings import ServingSettings
 from synthdet import deploy_commands
@@ -202,9 +202,8 @@ def serve(
                 )
             except SmokeError as err:
                 fail(f"smoke request failed: {err}", f"see {server.log_path.parent}")
-            console.print(
-                f"health: {server.base_url(public)}/ping   logs: {server.log_path.parent}", markup=False
-            )
+            health = health_url(server.base_url(public))
+            console.print(f"health: {health}   logs: {server.log_path.parent}", markup=False)
             if host == "127.0.0.1":
                 console.print("[dim]only this machine can connect; --host 0.0.0.0 lets a phone in[/]")
             if once:

@@ -184,9 +184,14 @@ def verdict(report: Report) -> str:
         return "NOT READY: fix the items marked above"
     if report.gpu:
         return f"READY: GPU serving ({speed})"
+    if report.frame_s is None:
+        return (
+            f"READY on CPU only ({speed}; without --quick doctor times one frame): CPUs usually "
+            f"take longer than the app's {APP_TIMEOUT_S:.0f} s timeout; self-host on a GPU for live use"
+        )
     return (
         f"READY on CPU only ({speed}): it works, but a frame takes longer than the app's "
         f"{APP_TIMEOUT_S:.0f} s timeout; self-host on a GPU for live use"
-        if report.frame_s is None or report.frame_s >= APP_TIMEOUT_S
+        if report.frame_s >= APP_TIMEOUT_S
         else f"READY on CPU ({speed})"
     )

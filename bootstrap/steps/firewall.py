@@ -7,7 +7,10 @@ An nftables rule on the loopback interface refuses any such connection whose
 socket belongs to anybody else (`meta skuid`), for every TorchServe port
 (inference, management, metrics, gRPC). The rules live in a unit of their
 own that TorchServe's unit requires, so they are in place at every boot
-before TorchServe starts, and undeploy removes both.
+before TorchServe starts, and undeploy removes both. The unit loads after
+Debian's nftables.service (whose configuration starts with `flush ruleset`)
+and is reloaded with it (PartOf=); a rerun of the deploy reloads rules that
+went missing all the same.
 """
 
 from __future__ import annotations
@@ -83,7 +86,10 @@ def apply(ctx: Context) -> StepResult:
     ctx.conn.run(
         f"systemctl is-enabled --quiet {FIREWALL_UNIT_NAME} || systemctl enable --quiet {FIREWALL_UNIT_NAME}"
     )
-    if changed or unit_changed or systemctl_is_active(ctx, FIREWALL_UNIT_NAME) != "active":
+    # The unit stays "active" (RemainAfterExit) when somebody flushed the ruleset since (`nft
+    # flush ruleset`, a restart of Debian's nftables.service): look at the table itself too.
+    loaded = ctx.conn.run(f"nft list table inet {TABLE}", check=False).ok
+    if changed or unit_changed or not loaded or systemctl_is_active(ctx, FIREWALL_UNIT_NAME) != "active":
         res = ctx.conn.run(f"systemctl restart {FIREWALL_UNIT_NAME}", check=False)
         if not res.ok:
             status = ctx.conn.run(f"journalctl -u {FIREWALL_UNIT_NAME} -n 20 --no-pager", check=False).stdout

@@ -31,6 +31,16 @@ NAME = "layout"
 NOLOGIN_SHELLS = ("/usr/sbin/nologin", "/sbin/nologin", "/bin/false", "/usr/bin/false")
 # Debian/Ubuntu hand out uids from 1000 up to people (login.defs UID_MIN).
 FIRST_LOGIN_UID = 1000
+# The account's comment (GECOS): how a deploy knows an account is one a deploy made, even when
+# the record of it was lost (a run that died between `useradd` and writing its state).
+ACCOUNT_COMMENT = "SynthDet TorchServe"
+
+# Folders of the system's where deploy places files of its own (the nginx site, the units).
+SHARED_SYSTEM_DIRS = (
+    "/etc/nginx/sites-available",
+    "/etc/systemd/system",
+    "/etc/systemd/system/nginx.service.d",
+)
 
 # (path, owner, group, mode)
 DIRECTORIES = (
@@ -79,7 +89,7 @@ def check_service_account(account: Account | None) -> None:
 def create_account_script() -> str:
     return (
         f"useradd --system --user-group --home-dir {VAR_DIR} --no-create-home "
-        f"--shell /usr/sbin/nologin --comment 'SynthDet TorchServe' {SERVICE_USER}"
+        f"--shell /usr/sbin/nologin --comment '{ACCOUNT_COMMENT}' {SERVICE_USER}"
     )
 
 
@@ -94,8 +104,13 @@ def directories_script() -> str:
             "  echo CHANGED",
             "fi",
         ]
-    # Partial uploads from a run whose connection died: never served, now swept.
+    # Partial uploads from a run whose connection died: never served, now swept; in the
+    # shared system folders only ours (the nginx site and the units are named synthdet*).
     lines.append(f"find {MODEL_STORE} {ETC_DIR} {OPT_DIR} -maxdepth 2 -name '{PART_GLOB}' -type f -delete")
+    lines.append(
+        f"find {' '.join(SHARED_SYSTEM_DIRS)} -maxdepth 1 -name '.synthdet{PART_GLOB[1:]}' -type f "
+        "-delete 2>/dev/null || true"
+    )
     return "\n".join(lines)
 
 
@@ -105,7 +120,10 @@ def apply(ctx: Context) -> StepResult:
     created = account is None
     if created:
         ctx.conn.run(create_account_script())
-        # Recorded at once: undeploy removes exactly the accounts deploy created.
+    if created or (account is not None and account.comment == ACCOUNT_COMMENT):
+        # Recorded (and written by run_steps even if the step fails later): undeploy removes
+        # exactly the accounts a deploy created. A system account with our comment is one an
+        # earlier deploy made whose record was lost; a foreign system account is left alone.
         ctx.state.created_users = sorted({*ctx.state.created_users, SERVICE_USER})
     out = ctx.conn.run(directories_script()).stdout
     changed = created or "CHANGED" in out

@@ -12,7 +12,7 @@ import re
 import secrets
 
 from bootstrap import files
-from bootstrap.steps.base import SECRET_FILE, Context, StepResult, ensure_file
+from bootstrap.steps.base import SECRET_FILE, Context, DeployError, StepResult, ensure_file
 
 NAME = "url-secret"
 # URL-safe base64 alphabet only: passes .NET Uri.IsWellFormedUriString, needs no escaping
@@ -26,9 +26,10 @@ def new_secret() -> str:
 
 def check_secret(secret: str) -> str:
     if not SECRET_PATTERN.match(secret):
-        raise ValueError(
+        raise DeployError(
             "the URL secret must be 16-128 characters of letters, digits, '-' or '_' "
-            "(it becomes a URL path segment)"
+            "(it becomes a URL path segment): pass another --url-secret, or none to keep or "
+            "create one"
         )
     return secret
 

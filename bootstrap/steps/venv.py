@@ -29,7 +29,7 @@ from bootstrap.torch_select import (
     select_torch,
     torchvision_for,
 )
-from serving.inputs import sha256_bytes
+from serving.inputs import canonical_json, inputs_hash, sha256_bytes
 
 NAME = "venv"
 STAMP_NAME = ".synthdet-stamp"
@@ -90,7 +90,7 @@ def stamp_for(
         "torch_index": ctx.options.torch_index_url,
         "version": 1,
     }
-    return json.dumps(inputs, sort_keys=True)
+    return canonical_json(inputs)
 
 
 VERIFY = r"""
@@ -124,7 +124,7 @@ def apply(ctx: Context) -> StepResult:
     stamp = stamp_for(ctx, choice, python, requirements, selected.version)
     # Each set of inputs gets its own directory; VENV_DIR is a symlink to the
     # current one. A failed install never touches the venv the service runs.
-    target = f"{VENV_DIR}-{sha256_bytes(stamp)[:12]}"
+    target = f"{VENV_DIR}-{inputs_hash(json.loads(stamp))[:12]}"
     q = shlex.quote
     have = ctx.conn.run(
         f'echo "$(readlink {VENV_DIR})"; cat {target}/{STAMP_NAME} 2>/dev/null', check=False

@@ -76,7 +76,8 @@ class GcpReplicaGroup(pulumi.ComponentResource):
         account = gcp.serviceaccount.Account(
             f"{name}-sa",
             account_id=replica_account_id(pulumi.get_stack()),
-            display_name=f"synthdet replica of stack {pulumi.get_stack()} (reads the model bucket)",
+            # GCP caps display names at 100 characters.
+            display_name=f"synthdet replica of stack {pulumi.get_stack()[:40]} (reads the model bucket)",
             project=project,
             opts=child,
         )

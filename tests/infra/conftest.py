@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from tests.support.keys import openssh_private_key
 
 DEPLOYER_IP = "198.51.100.7"
 
@@ -30,15 +30,8 @@ def checkpoint(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def key_file(tmp_path: Path) -> Path:
-    key = ed25519.Ed25519PrivateKey.generate()
     path = tmp_path / "id_ed25519"
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.OpenSSH,
-            serialization.NoEncryption(),
-        )
-    )
+    path.write_text(openssh_private_key())
     return path
 
 

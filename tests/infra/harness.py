@@ -8,6 +8,7 @@ assert policy (GPU, ports, CIDRs, secrets, ordering) on the graph itself.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,6 +207,9 @@ def run_program(stack: str, overrides: dict[str, Any] | None = None) -> ProgramR
     config = {k: engine_value(v) for k, v in config.items() if v is not None}
     pulumi.runtime.set_all_config(config)
 
+    # Pulumi's mocks make futures on the current event loop: a test that ran asyncio.run()
+    # earlier in this process leaves none behind.
+    asyncio.set_event_loop(asyncio.new_event_loop())
     mocks = GraphMocks()
     monitor = RecordingMonitor(mocks)
     logs = _LogCatcher()

@@ -323,12 +323,8 @@ def test_aws_shape_key_pair_security_group_elastic_ip(stack, required):
     assert vm.plain("instanceMarketOptions") is None
 
 
-def test_aws_spot_and_idle_stop(required):
-    run = run_program(
-        "aws-t4",
-        required("aws-t4")
-        | {"synthdet:spot": True, "synthdet:idleStopMinutes": 30, "aws:region": "us-west-2"},
-    )
+def test_aws_spot_is_a_one_time_request(required):
+    run = run_program("aws-t4", required("aws-t4") | {"synthdet:spot": True, "aws:region": "us-west-2"})
     market = run.one("aws:ec2/instance:Instance").plain("instanceMarketOptions")
     assert market["marketType"] == "spot"
     # One-time, never persistent: a persistent request can outlive `pulumi destroy` and keep
@@ -337,10 +333,25 @@ def test_aws_spot_and_idle_stop(required):
         "instanceInterruptionBehavior": "terminate",
         "spotInstanceType": "one-time",
     }
+    assert not run.of_type("aws:cloudwatch/metricAlarm:MetricAlarm")
+
+
+def test_aws_idle_stop(required):
+    run = run_program(
+        "aws-t4", required("aws-t4") | {"synthdet:idleStopMinutes": 30, "aws:region": "us-west-2"}
+    )
     alarm = run.one("aws:cloudwatch/metricAlarm:MetricAlarm")
     assert alarm.plain("alarmActions") == ["arn:aws:automate:us-west-2:ec2:stop"]
     assert alarm.plain("metricName") == "CPUUtilization"
     assert alarm.plain("period") * alarm.plain("evaluationPeriods") == 30 * 60
+
+
+def test_aws_spot_with_idle_stop_is_refused_before_anything_bills(required):
+    # AWS refuses to stop an instance of a one-time spot request: the alarm would fail and
+    # the idle instance keep billing.
+    with pytest.raises(ConfigError, match=r"(?s)idleStopMinutes.*spot.*one-time"):
+        run_program("aws-t4", required("aws-t4") | {"synthdet:spot": True, "synthdet:idleStopMinutes": 30})
+    run_program("gcp-t4", required("gcp-t4") | {"synthdet:spot": True, "synthdet:maxRunHours": 4})
 
 
 def test_no_idle_alarm_by_default(required):

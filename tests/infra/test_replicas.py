@@ -557,6 +557,23 @@ def test_each_gcp_fleet_stack_has_its_own_replica_service_account():
         assert re.fullmatch(r"[a-z][a-z0-9-]{4,28}[a-z0-9]", account), account
 
 
+def test_the_replicas_run_as_the_stacks_own_service_account(required):
+    from infra.gcp.group import replica_account_id
+
+    account = fleet_run("gcp-t4", required).one("gcp:serviceaccount/account:Account")
+    assert account.plain("accountId") == replica_account_id("gcp-t4")
+    assert len(account.plain("displayName")) <= 100
+
+
+def test_a_fleet_whose_image_has_no_torch_is_told_to_pin_one(required):
+    def warned(run: ProgramRun) -> bool:
+        return any("synthdet:torchVersion" in line for line in run.logs)
+
+    assert warned(fleet_run("aws-t4", required))  # a base AMI: torch comes from the index
+    assert not warned(fleet_run("aws-t4", required, **{"synthdet:torchVersion": "2.9.1"}))
+    assert not warned(fleet_run("gcp-t4", required))  # the image's own torch serves
+
+
 def test_gcp_warns_that_endpoint_cidrs_are_not_enforced(required):
     run = fleet_run("gcp-t4", required, **{"synthdet:endpointCidrs": ["192.0.2.0/24"]})
     assert any("endpointCidrs" in line for line in run.logs)

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+import tenacity
 import zxingcpp
 from PIL import Image
 
@@ -120,14 +121,30 @@ def test_smoke_fails_on_a_dead_endpoint() -> None:
     assert json.loads(result.stdout.strip().splitlines()[-1])["ok"] is False
 
 
+class _NotYet(Exception):
+    pass
+
+
 def _wait_for(path: Path, text: str, process: subprocess.Popen[str], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """Until `text` shows in the log at `path`; a process that exits first fails at once."""
+
+    def seen() -> None:
         if path.exists() and text in path.read_text(errors="replace"):
             return
         assert process.poll() is None, path.read_text(errors="replace")
-        time.sleep(0.5)
-    raise AssertionError(f"{text!r} not seen in {timeout} s:\n{path.read_text(errors='replace')}")
+        raise _NotYet
+
+    try:
+        tenacity.Retrying(
+            stop=tenacity.stop_after_delay(timeout),
+            wait=tenacity.wait_fixed(0.5),
+            retry=tenacity.retry_if_exception_type(_NotYet),
+            reraise=True,
+        )(seen)
+    except _NotYet:
+        raise AssertionError(
+            f"{text!r} not seen in {timeout} s:\n{path.read_text(errors='replace')}"
+        ) from None
 
 
 def test_serve_https_two_models_then_ctrl_c_leaves_nothing_behind(

@@ -25,6 +25,7 @@ from PIL import Image
 from serving.contract import APP_CONTENT_TYPE, parse_like_app, post_image
 from synthdet.local_serve import LocalServer
 from tests.support.images import bomb_png, encode, make_test_jpeg, photo, sixteen_bit_png
+from tests.support.torchserve import worker_pids
 
 pytestmark = pytest.mark.integration
 
@@ -145,12 +146,6 @@ def _report_counts() -> Iterator[None]:
     print(f"\nhostile HTTP: {sum(RESULTS.values())} requests\n{lines}")
 
 
-def _worker_pids(server: LocalServer, model: str = "synthdet") -> list[int]:
-    description = httpx.get(f"{server.management_url}/models/{model}", timeout=5).json()[0]
-    assert all(worker["status"] == "READY" for worker in description["workers"]), description
-    return sorted(worker["pid"] for worker in description["workers"])
-
-
 def send(client: httpx.Client, url: str, case: Case) -> httpx.Response:
     headers = {} if case.content_type is None else {"Content-Type": case.content_type}
     if case.chunked:
@@ -175,7 +170,7 @@ def check(name: str, case: Case, response: httpx.Response) -> None:
 
 def test_each_hostile_body_alone_then_a_valid_request(torchserve: LocalServer) -> None:
     url = torchserve.prediction_url("synthdet")
-    pids = _worker_pids(torchserve)
+    pids = worker_pids(torchserve)
     valid = make_test_jpeg(320, 240, seed=34)
     with httpx.Client(timeout=TIMEOUT_S) as client:
         for name, case in CASES.items():
@@ -184,7 +179,7 @@ def test_each_hostile_body_alone_then_a_valid_request(torchserve: LocalServer) -
             if response.status_code != SERVED:  # (after a served one, serving is proven)
                 after = post_image(url, valid, timeout_s=TIMEOUT_S)
                 assert after.status_code == SERVED, f"after {name}: {after.status_code} {after.text[:300]}"
-    assert _worker_pids(torchserve) == pids, "a worker died or was restarted"
+    assert worker_pids(torchserve) == pids, "a worker died or was restarted"
 
 
 def test_put_is_served_like_post_and_other_methods_are_json_errors(torchserve: LocalServer) -> None:
@@ -207,7 +202,7 @@ def test_put_is_served_like_post_and_other_methods_are_json_errors(torchserve: L
 def test_the_catalogue_at_once_mixed_with_valid_frames(torchserve: LocalServer) -> None:
     """Bad bodies share batches with good ones; each gets its own answer."""
     url = torchserve.prediction_url("synthdet")
-    pids = _worker_pids(torchserve)
+    pids = worker_pids(torchserve)
     valid = Case(make_test_jpeg(320, 240, seed=35), APP_CONTENT_TYPE, SERVED)
     # Every refused case, a few served forms and valid frames (CPU inference is
     # slow: each served request costs a forward pass of ~3 s).
@@ -221,13 +216,13 @@ def test_the_catalogue_at_once_mixed_with_valid_frames(torchserve: LocalServer) 
             name, case = futures[future]
             check(name, case, future.result())
     assert post_image(url, valid.body, timeout_s=TIMEOUT_S).status_code == SERVED
-    assert _worker_pids(torchserve) == pids, "a worker died or was restarted"
+    assert worker_pids(torchserve) == pids, "a worker died or was restarted"
 
 
 def test_oversize_bodies_are_413_and_harmless(torchserve: LocalServer) -> None:
     """The fixture caps bodies at 2 MiB: a 3 MiB JPEG-looking body and a 20 MiB one."""
     url = torchserve.prediction_url("synthdet")
-    pids = _worker_pids(torchserve)
+    pids = worker_pids(torchserve)
     with httpx.Client(timeout=TIMEOUT_S) as client:
         for size in (3 * 1024 * 1024, 20 * 1024 * 1024):
             body = b"\xff\xd8\xff\xe0" + bytes(size)
@@ -241,13 +236,13 @@ def test_oversize_bodies_are_413_and_harmless(torchserve: LocalServer) -> None:
                 "error": "request body too large (the limit is 2097152 bytes)",
             }
     assert post_image(url, make_test_jpeg(320, 240), timeout_s=TIMEOUT_S).status_code == SERVED
-    assert _worker_pids(torchserve) == pids
+    assert worker_pids(torchserve) == pids
 
 
 def test_get_only_ever_returns_the_static_viewer_page(torchserve: LocalServer) -> None:
     """A GET (a browser, a scanner, a crawler) never reaches TorchServe and reflects nothing."""
     url = torchserve.prediction_url("synthdet")
-    pids = _worker_pids(torchserve)
+    pids = worker_pids(torchserve)
     with httpx.Client(timeout=TIMEOUT_S) as client:
         page = client.get(url)
         assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
@@ -267,4 +262,4 @@ def test_get_only_ever_returns_the_static_viewer_page(torchserve: LocalServer) -
         escaped = client.get(url + "%2F..%2F..%2Fmodels")
         assert escaped.status_code == 404 and escaped.json()["code"] == 404
         assert post_image(url, make_test_jpeg(320, 240), timeout_s=TIMEOUT_S).status_code == SERVED
-    assert _worker_pids(torchserve) == pids
+    assert worker_pids(torchserve) == pids

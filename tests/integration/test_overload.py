@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import psutil
 import pytest
 
@@ -21,6 +20,7 @@ from serving.models import ModelSpec
 from serving.settings import ServingSettings
 from synthdet.local_serve import LocalServeConfig, LocalServer, free_port, serving
 from tests.support.overload import assert_refused_fast_and_nothing_late, run_overload
+from tests.support.torchserve import worker_pids
 
 pytestmark = pytest.mark.integration
 
@@ -45,16 +45,11 @@ def _rss_mb(pid: int) -> float:
     return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)]) / 2**20
 
 
-def _worker_pids(server: LocalServer) -> list[int]:
-    described = httpx.get(f"{server.management_url}/models/synthdet", timeout=5).json()[0]
-    return sorted(worker["pid"] for worker in described["workers"])
-
-
 def test_three_times_capacity_for_a_minute_is_refused_fast_never_late(
     small_queue_server: LocalServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url = small_queue_server.prediction_url("synthdet")
-    pids = _worker_pids(small_queue_server)
+    pids = worker_pids(small_queue_server)
     before_mb = _rss_mb(small_queue_server.process.pid)
     run = run_overload(url, monkeypatch)
     after_mb = _rss_mb(small_queue_server.process.pid)
@@ -66,4 +61,4 @@ def test_three_times_capacity_for_a_minute_is_refused_fast_never_late(
     assert after_mb < before_mb * 1.25 + 200, "memory grew under overload"
     # Healthy afterwards, with the same worker.
     smoke(url, timeout_s=60)
-    assert _worker_pids(small_queue_server) == pids
+    assert worker_pids(small_queue_server) == pids

@@ -17,13 +17,9 @@ from serving.contract import APP_CONTENT_TYPE, check_in_frame, parse_like_app, p
 from synthdet.local_serve import LocalServer
 from tests.support.images import bomb_png, encode, make_test_jpeg, photo
 from tests.support.reference import assert_same_detections, load_reference_model, reference_detections
+from tests.support.torchserve import worker_pids
 
 pytestmark = pytest.mark.integration
-
-
-def _worker_pids(server: LocalServer, model: str) -> list[int]:
-    description = httpx.get(f"{server.management_url}/models/{model}", timeout=5).json()[0]
-    return sorted(worker["pid"] for worker in description["workers"])
 
 
 def test_app_request_is_answered_in_the_apps_format(torchserve: LocalServer, unity_checkpoint: Path) -> None:
@@ -65,14 +61,14 @@ HOSTILE = {
 @pytest.mark.parametrize("case", sorted(HOSTILE))
 def test_bad_input_gets_4xx_json_and_the_worker_survives(torchserve: LocalServer, case: str) -> None:
     body, content_type, status = HOSTILE[case]
-    pids = _worker_pids(torchserve, "synthdet")
+    pids = worker_pids(torchserve, "synthdet")
     url = torchserve.prediction_url("synthdet")
     response = httpx.post(url, content=body, headers={"Content-Type": content_type}, timeout=60)
     assert response.status_code == status, response.text
     assert "error" in response.json() or "message" in response.json()
     valid = post_image(url, make_test_jpeg(320, 240, seed=13), timeout_s=60)
     assert valid.status_code == 200
-    assert _worker_pids(torchserve, "synthdet") == pids
+    assert worker_pids(torchserve, "synthdet") == pids
 
 
 def test_oversize_body_is_refused_with_413(torchserve: LocalServer) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from selenium.webdriver.support.ui import WebDriverWait
 
 from handler.labels import load_label_names
 from serving.viewer import content_security_policy, viewer_page
@@ -66,10 +67,21 @@ SCREENSHOTS = os.environ.get("SYNTHDET_SCREENSHOTS")
 class Recorder:
     def __init__(self, delay_s: float) -> None:
         self.delay_s = delay_s
+        # "ok": the canned detections; "busy": 503 + Retry-After as a full server answers;
+        # "garbage": a 200 whose body is not the app's detection list.
+        self.mode = "ok"
         self.lock = threading.Lock()
         self.in_flight = 0
         self.max_in_flight = 0
+        self.arrivals: list[float] = []  # monotonic time of every POST, whatever the answer
         self.posts: list[tuple[str, tuple[int, int], str]] = []  # (content type, JPEG size, format)
+
+    def posts_between(self, start: float, end: float) -> int:
+        with self.lock:
+            return sum(start <= at < end for at in self.arrivals)
+
+
+BUSY_RETRY_AFTER_S = 2
 
 
 @pytest.fixture
@@ -90,10 +102,16 @@ def recorder() -> Iterator[tuple[Recorder, str]]:
             self.wfile.write(body)
 
         def do_POST(self) -> None:  # noqa: N802 - stdlib name
+            data = self.rfile.read(int(self.headers["Content-Length"]))
+            with state.lock:
+                state.arrivals.append(time.monotonic())
+                mode = state.mode
+            if mode != "ok":
+                self.answer_without_detections(mode)
+                return
             with state.lock:
                 state.in_flight += 1
                 state.max_in_flight = max(state.max_in_flight, state.in_flight)
-            data = self.rfile.read(int(self.headers["Content-Length"]))
             image = Image.open(io.BytesIO(data))
             time.sleep(state.delay_s)
             with state.lock:
@@ -106,12 +124,23 @@ def recorder() -> Iterator[tuple[Recorder, str]]:
             self.end_headers()
             self.wfile.write(body)
 
+        def answer_without_detections(self, mode: str) -> None:
+            busy = mode == "busy"
+            body = json.dumps({"error": "busy, retry"} if busy else {"not": "a list"}).encode()
+            self.send_response(503 if busy else 200)
+            self.send_header("Content-Type", "application/json")
+            if busy:
+                self.send_header("Retry-After", str(BUSY_RETRY_AFTER_S))
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
     with loopback_endpoint(Handler) as url:
         yield state, url
 
 
-def labels_text(driver: object) -> str:
-    return str(driver.execute_script("return document.getElementById('labels').textContent"))  # type: ignore[attr-defined]
+def page_text(driver: object, element: str) -> str:
+    return str(driver.execute_script(f"return document.getElementById('{element}').textContent"))  # type: ignore[attr-defined]
 
 
 def test_the_page_streams_like_the_app_draws_and_filters(
@@ -124,12 +153,12 @@ def test_the_page_streams_like_the_app_draws_and_filters(
         driver.get(url)
         # The app's default threshold (0.98): only the 0.99 detection is listed.
         wait_for(driver, "document.getElementById('labels').textContent.includes('cereal')")
-        assert labels_text(driver) == "cereal_cheerios_honeynut 0.99"
+        assert page_text(driver, "labels") == "cereal_cheerios_honeynut 0.99"
         assert painted_pixels(driver) > 1000  # boxes and captions drawn over the video
         assert wait_for(driver, "document.getElementById('rtt').textContent.endsWith(' ms')")
         assert float(driver.execute_script("return document.getElementById('fps').textContent")) > 0
         set_threshold(driver, 0.5)
-        assert labels_text(driver) == "cereal_cheerios_honeynut 0.99 ×2, snack_granola_bars 0.80"
+        assert page_text(driver, "labels") == "cereal_cheerios_honeynut 0.99 ×2, snack_granola_bars 0.80"
         # Pause: no more frames.
         driver.find_element("id", "pause").click()
         time.sleep(1.0)  # let the frames in flight finish
@@ -137,10 +166,9 @@ def test_the_page_streams_like_the_app_draws_and_filters(
         time.sleep(1.5)
         assert len(state.posts) == paused_at
         driver.find_element("id", "pause").click()
-        deadline = time.monotonic() + 10
-        while len(state.posts) <= paused_at and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert len(state.posts) > paused_at, "resume did not send again"
+        WebDriverWait(driver, 10, poll_frequency=0.2).until(
+            lambda _: len(state.posts) > paused_at, "resume did not send again"
+        )
         # Portrait: the page follows the rotation; boxes are redrawn for the new size.
         driver.set_window_size(420, 860)
         wait_for(driver, "document.getElementById('overlay').getBoundingClientRect().width < 500")
@@ -152,6 +180,44 @@ def test_the_page_streams_like_the_app_draws_and_filters(
     assert {fmt for _, _, fmt in state.posts} == {"JPEG"}
     # A slow server (0.4 s an answer) never gets more than a few at once: frames are dropped.
     assert 1 <= state.max_in_flight <= 3
+
+
+def test_a_busy_server_is_given_its_retry_after_and_a_bad_answer_breaks_nothing(
+    recorder: tuple[Recorder, str], tmp_path: Path
+) -> None:
+    require_chromium()
+    state, url = recorder
+    state.delay_s = 0.05
+    camera = write_y4m(tmp_path / "camera.y4m", size=(1280, 720))
+    with chromium(tmp_path, camera=camera) as driver:
+        driver.get(url)
+        wait_for(driver, "document.getElementById('labels').textContent.includes('cereal')")
+        answered = state.posts_between(0, time.monotonic())
+        assert answered >= 1
+        # Every frame refused with Retry-After 2: the page waits as told instead of posting at
+        # its 5 frames a second (without the wait, ~30 posts in these 6 s), says the server is
+        # busy, and its frame rate falls to zero instead of showing the last good figure.
+        with state.lock:
+            state.mode = "busy"
+        time.sleep(1.0)
+        start = time.monotonic()
+        time.sleep(6.0)
+        refused = state.posts_between(start, time.monotonic())
+        assert 1 <= refused <= 6, f"{refused} posts in 6 s to a server that asked for {BUSY_RETRY_AFTER_S} s"
+        assert wait_for(driver, "document.getElementById('fps').textContent === '0.0'", timeout_s=10)
+        assert "busy" in page_text(driver, "status")
+        assert page_text(driver, "labels") == "cereal_cheerios_honeynut 0.99"  # the last good frame
+        # A 200 that is not a detection list: said plainly; the last boxes stay usable.
+        with state.lock:
+            state.mode = "garbage"
+        assert wait_for(driver, "document.getElementById('status').textContent.includes('not a list')")
+        set_threshold(driver, 0.5)
+        assert page_text(driver, "labels") == "cereal_cheerios_honeynut 0.99 ×2, snack_granola_bars 0.80"
+        # Back to normal: answers flow again and the message goes.
+        with state.lock:
+            state.mode = "ok"
+        assert wait_for(driver, "document.getElementById('status').textContent === ''")
+        assert wait_for(driver, "parseFloat(document.getElementById('fps').textContent) > 0")
 
 
 def test_without_a_camera_the_page_says_what_to_do(recorder: tuple[Recorder, str], tmp_path: Path) -> None:

@@ -9,15 +9,18 @@ tests/system/conftest.py). Every test leaves it serving the model it found.
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import tenacity
 
 from bootstrap import deploy as deploy_lib
 from bootstrap.api import DeployOptions, DeployResult, PipSource, SshTarget
-from bootstrap.steps.base import MANAGEMENT_PORT, MODEL_STORE, SERVICE_USER, UNIT_NAME
+from bootstrap.steps.base import MANAGEMENT_PORT, MODEL_STORE, SERVICE_USER, TORCHSERVE_PORTS, UNIT_NAME
+from serving import endpoint
 from serving.contract import smoke
 from serving.models import ModelSpec
 from tests.support import testhost as th
@@ -46,11 +49,11 @@ class Deployment:
 
     @property
     def base(self) -> str:
-        return f"https://{self.info.host}"
+        return endpoint.base_url(self.info.host, 443)
 
     @property
     def health_url(self) -> str:
-        return f"{self.base}/{self.secret}/ping"
+        return endpoint.health_url(self.base, self.secret)
 
     def redeploy(self, checkpoint: Path | None = None) -> tuple[DeployResult, float]:
         started = time.monotonic()
@@ -69,7 +72,7 @@ def deploy_to(info: th.TestHostInfo, checkpoint: Path, known_hosts: Path) -> Dep
     return Deployment(info, target, options, checkpoint, result, time.monotonic() - started)
 
 
-def guest(info: th.TestHostInfo, cmd: str, timeout: float = 120) -> str:
+def guest(info: th.TestHostInfo, cmd: str | list[str], timeout: float = 120) -> str:
     rc, out, err = th.ssh_exec(info, cmd, timeout=timeout)
     assert rc == 0, f"{cmd!r} failed in the guest ({rc}): {err or out}"
     return out
@@ -103,31 +106,48 @@ def service_pids(info: th.TestHostInfo) -> tuple[str, str]:
     return main, java
 
 
+def _poll(what: str, attempt: object, timeout_s: float, every_s: float) -> float:
+    """Call `attempt` until it returns without raising; seconds it took (tenacity does the loop)."""
+    started = time.monotonic()
+    try:
+        tenacity.Retrying(
+            stop=tenacity.stop_after_delay(timeout_s), wait=tenacity.wait_fixed(every_s), reraise=True
+        )(attempt)  # type: ignore[call-overload]
+    except Exception as exc:  # noqa: BLE001 - the last failure says why
+        raise AssertionError(f"{what} within {timeout_s:.0f} s: {exc}") from exc
+    return time.monotonic() - started
+
+
 def wait_healthy(url: str, timeout_s: float = READY_TIMEOUT_S, every_s: float = 0.2) -> float:
     """Poll a health URL (nginx + TorchServe up, no inference) until it says 200; seconds it took."""
-    started = time.monotonic()
-    last = ""
-    while time.monotonic() - started < timeout_s:
-        try:
-            response = httpx.get(url, verify=False, timeout=5)
-            if response.status_code == 200:
-                return time.monotonic() - started
-            last = f"HTTP {response.status_code}"
-        except httpx.HTTPError as exc:
-            last = type(exc).__name__
-        time.sleep(every_s)
-    raise AssertionError(f"{url} was not healthy within {timeout_s:.0f} s ({last})")
+
+    def healthy() -> None:
+        status = httpx.get(url, verify=False, timeout=5).status_code
+        if status != 200:
+            raise AssertionError(f"HTTP {status}")
+
+    return _poll(f"{url} was not healthy", healthy, timeout_s, every_s)
 
 
 def wait_serving(url: str, timeout_s: float = READY_TIMEOUT_S) -> float:
     """Poll until one app-style request succeeds; returns the seconds it took."""
-    started = time.monotonic()
-    last: Exception | None = None
-    while time.monotonic() - started < timeout_s:
-        try:
-            smoke(url, timeout_s=60)
-            return time.monotonic() - started
-        except Exception as exc:  # noqa: BLE001 - any failure means "not yet"
-            last = exc
-            time.sleep(0.5)
-    raise AssertionError(f"{url} did not serve within {timeout_s:.0f} s: {last}")
+    return _poll(f"{url} did not serve", lambda: smoke(url, timeout_s=60), timeout_s, 0.5)
+
+
+# Connects to each port and prints "PORT open" or "PORT refused" (run as different users).
+PORT_PROBE = (
+    "import socket, sys\n"
+    "for port in map(int, sys.argv[1:]):\n"
+    "    try:\n"
+    "        socket.create_connection(('127.0.0.1', port), timeout=3).close()\n"
+    "        print(port, 'open')\n"
+    "    except OSError:\n"
+    "        print(port, 'refused')\n"
+)
+
+
+def torchserve_ports_as(info: th.TestHostInfo, user: str) -> dict[int, str]:
+    """What `user` on the host finds on each TorchServe port: 'open' or 'refused'."""
+    ports = " ".join(str(p) for p in TORCHSERVE_PORTS)
+    out = guest(info, f"runuser -u {user} -- python3 -c {shlex.quote(PORT_PROBE)} {ports}")
+    return {int(port): state for port, state in (line.split() for line in out.splitlines())}

@@ -36,6 +36,7 @@ class FakeRunner:
     files: dict[str, HostFile] = field(default_factory=dict)
     commands: list[str] = field(default_factory=list)
     sudo_used: list[bool] = field(default_factory=list)
+    envs: list[dict[str, str]] = field(default_factory=list)  # the environment of each command
     rules: list[tuple[re.Pattern[str], Responder]] = field(default_factory=list)
 
     # -- the Runner protocol ---------------------------------------------------
@@ -63,6 +64,7 @@ class FakeRunner:
     ) -> RunResult:
         self.commands.append(cmd)
         self.sudo_used.append(sudo)
+        self.envs.append(dict(env or {}))
         data = stdin if isinstance(stdin, bytes) or stdin is None else _read(stdin)
         if on_sent and data is not None:
             on_sent(len(data))

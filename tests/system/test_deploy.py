@@ -23,8 +23,6 @@ from pathlib import Path
 import httpx
 import paramiko
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from bootstrap import deploy as deploy_lib
 from bootstrap import ssh as ssh_module
@@ -45,6 +43,7 @@ from serving.models import ModelSpec
 from synthdet.demo_model import write_demo_checkpoint
 from tests.support import testhost as th
 from tests.support.deployment import guest, served_sha, service_pids, wait_serving
+from tests.support.keys import openssh_private_key
 
 pytestmark = pytest.mark.system
 
@@ -271,16 +270,7 @@ def test_changed_host_key_is_refused(deployed: Deployed, tmp_path: Path) -> None
 
 def _other_key() -> paramiko.PKey:
     """A fresh ed25519 key: what a man in the middle (or a rebuilt host) would present."""
-    pem = (
-        ed25519.Ed25519PrivateKey.generate()
-        .private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.OpenSSH,
-            serialization.NoEncryption(),
-        )
-        .decode()
-    )
-    return paramiko.Ed25519Key.from_private_key(io.StringIO(pem))
+    return paramiko.Ed25519Key.from_private_key(io.StringIO(openssh_private_key()))
 
 
 # ------------------------------------------------------------------ idempotence

@@ -10,7 +10,6 @@ from __future__ import annotations
 import concurrent.futures
 import errno
 import re
-import shlex
 import socket
 import ssl
 import time
@@ -33,7 +32,7 @@ from bootstrap.steps.base import (
 from bootstrap.steps.firewall import FIREWALL_UNIT_NAME
 from serving.contract import make_test_jpeg, post_image
 from tests.support import testhost as th
-from tests.support.deployment import Deployment, guest
+from tests.support.deployment import Deployment, guest, torchserve_ports_as
 
 pytestmark = pytest.mark.system
 
@@ -199,23 +198,6 @@ def test_the_service_follows_systemds_hardening_advice(deployed_host: Deployment
 
 
 # ------------------------------------------------------------------ a local attacker
-# Connects to each port and prints "PORT open" or "PORT refused" (run as different users).
-PROBE = (
-    "import socket, sys\n"
-    "for port in map(int, sys.argv[1:]):\n"
-    "    try:\n"
-    "        socket.create_connection(('127.0.0.1', port), timeout=3).close()\n"
-    "        print(port, 'open')\n"
-    "    except OSError:\n"
-    "        print(port, 'refused')\n"
-)
-
-
-def _probe(info: th.TestHostInfo, user: str) -> dict[int, str]:
-    ports = " ".join(str(p) for p in TORCHSERVE_PORTS)
-    script = shlex.quote(PROBE)
-    out = guest(info, f"runuser -u {user} -- python3 -c {script} {ports}")
-    return {int(port): state for port, state in (line.split() for line in out.splitlines())}
 
 
 def test_only_root_and_nginx_reach_torchserve_while_the_app_path_works(deployed_host: Deployment) -> None:
@@ -223,8 +205,8 @@ def test_only_root_and_nginx_reach_torchserve_while_the_app_path_works(deployed_
     # Every TorchServe port (inference, management, metrics, gRPC) refuses other local
     # users: no registering a model (code) from a directory, no going round nginx.
     for user in ("nobody", info.user):
-        assert _probe(info, user) == dict.fromkeys(TORCHSERVE_PORTS, "refused"), user
-    assert _probe(info, "root") == dict.fromkeys(TORCHSERVE_PORTS, "open")
+        assert torchserve_ports_as(info, user) == dict.fromkeys(TORCHSERVE_PORTS, "refused"), user
+    assert torchserve_ports_as(info, "root") == dict.fromkeys(TORCHSERVE_PORTS, "open")
     assert post_image(deployed_host.endpoint, make_test_jpeg(320, 240), timeout_s=60).status_code == 200
     # The rules are a unit of their own, enabled, and TorchServe requires it.
     assert guest(info, f"systemctl is-enabled {FIREWALL_UNIT_NAME}").strip() == "enabled"

@@ -22,7 +22,16 @@ import pytest
 from bootstrap import ssh as ssh_module
 from bootstrap.runner import RunnerError, copy_stream
 from bootstrap.ssh import Connection, SshError
-from bootstrap.steps.base import MANAGEMENT_PORT, MODEL_STORE, SERVICE_USER, UNIT_NAME, VAR_DIR, DeployError
+from bootstrap.steps.base import (
+    MANAGEMENT_PORT,
+    MODEL_STORE,
+    SERVICE_USER,
+    TORCHSERVE_PORTS,
+    UNIT_NAME,
+    VAR_DIR,
+    DeployError,
+)
+from bootstrap.steps.firewall import TABLE
 from serving.contract import make_test_jpeg, smoke
 from tests.support import testhost as th
 from tests.support.deployment import (
@@ -31,6 +40,7 @@ from tests.support.deployment import (
     loaded_sha,
     served_sha,
     service_pids,
+    torchserve_ports_as,
     wait_healthy,
     wait_serving,
     worker_pids,
@@ -108,6 +118,20 @@ def test_reboot_brings_everything_back(deployed_host: Deployment) -> None:
     wait_serving(deployed_host.endpoint)
     _record(deployed_host, "reboot: serving (from `reboot`)", time.monotonic() - started)
     assert served_sha(deployed_host.info) == sha
+    # The guard on TorchServe's ports came back with it.
+    assert torchserve_ports_as(deployed_host.info, "nobody") == dict.fromkeys(TORCHSERVE_PORTS, "refused")
+
+
+def test_firewall_rules_flushed_by_somebody_come_back_with_the_next_deploy(deployed_host: Deployment) -> None:
+    info = deployed_host.info
+    # What `nft flush ruleset` or a restart of the distribution's firewall does to our table;
+    # the unit still says "active" (RemainAfterExit).
+    guest(info, f"nft delete table inet {TABLE}")
+    assert torchserve_ports_as(info, "nobody") == dict.fromkeys(TORCHSERVE_PORTS, "open")
+    result, _ = deployed_host.redeploy()
+    assert ("firewall", True) in result.steps
+    assert torchserve_ports_as(info, "nobody") == dict.fromkeys(TORCHSERVE_PORTS, "refused")
+    smoke(deployed_host.endpoint, timeout_s=60)
 
 
 def _small_model_store(info: th.TestHostInfo, spare_mib: int) -> None:

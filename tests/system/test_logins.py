@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from bootstrap import deploy as deploy_lib
-from bootstrap.api import DeployOptions, PipSource, SshTarget
+from bootstrap.api import DeployOptions, DeployResult, PipSource, SshTarget
 from bootstrap.steps.base import ETC_DIR, OPT_DIR, SERVICE_USER, DeployError
+from serving.contract import smoke
 from serving.models import ModelSpec
 from tests.support import testhost as th
 from tests.support.deployment import guest
@@ -29,11 +30,15 @@ def host(fresh_testhost: Callable[..., th.TestHostInfo]) -> th.TestHostInfo:
     return fresh_testhost()  # booting one takes a second or two
 
 
-def attempt(info: th.TestHostInfo, checkpoint: Path, tmp_path: Path) -> None:
+def target_and_options(info: th.TestHostInfo, tmp_path: Path) -> tuple[SshTarget, DeployOptions]:
     find_links = info.deploy_args[info.deploy_args.index("--pip-find-links") + 1]
     target = SshTarget(info.host, info.user, Path(info.key), known_hosts=tmp_path / "known_hosts")
-    options = DeployOptions(pip=PipSource(find_links=find_links, trusted_hosts=(info.host_side_ip,)))
-    deploy_lib.deploy(target, [ModelSpec("synthdet", checkpoint)], options)
+    return target, DeployOptions(pip=PipSource(find_links=find_links, trusted_hosts=(info.host_side_ip,)))
+
+
+def attempt(info: th.TestHostInfo, checkpoint: Path, tmp_path: Path) -> DeployResult:
+    target, options = target_and_options(info, tmp_path)
+    return deploy_lib.deploy(target, [ModelSpec("synthdet", checkpoint)], options)
 
 
 def untouched(info: th.TestHostInfo) -> None:
@@ -55,6 +60,21 @@ def test_the_test_host_logs_in_the_way_each_cloud_does(
     name, member_of, home, *rest = out.split("\n")
     assert name == user and groups <= set(member_of.split()) and home == f"/home/{user}"
     assert ("SUDO-OK" in rest) is sudo_ok
+
+
+def test_a_deploy_through_the_aws_ubuntu_login_serves_and_undeploys_leaving_the_login(
+    host: th.TestHostInfo, unity_checkpoint: Path, tmp_path: Path
+) -> None:
+    info = th.add_login(host, "ubuntu")  # the Ubuntu Deep Learning AMIs' login: group sudo
+    result = attempt(info, unity_checkpoint, tmp_path)
+    assert smoke(result.endpoint, timeout_s=120).status == 200
+    service_uid = guest(host, f"id -u {SERVICE_USER}").strip()
+    assert service_uid not in ("0", guest(host, "id -u ubuntu").strip())
+    target, options = target_and_options(info, tmp_path)
+    deploy_lib.undeploy(target, options)
+    untouched(host)
+    rc, out, err = th.ssh_exec(info, "id -Gn; sudo -n true && echo SUDO-OK", user="ubuntu")
+    assert rc == 0 and "sudo" in out.split("\n")[0].split() and "SUDO-OK" in out, err
 
 
 @pytest.mark.parametrize(

@@ -115,6 +115,33 @@ def boot_log(info: th.TestHostInfo) -> str:
     return f"boot log:\n{log}\njournal:\n{journal}"
 
 
+# More secret guesses than the miss limit lets through at once (10/s, burst 40).
+GUESSES = 150
+
+
+def limits_count_phones_behind_the_balancer(info: th.TestHostInfo, base_url: str) -> None:
+    """Through the trusted balancer (this machine) each phone in X-Forwarded-For has a bucket of
+    its own; from anywhere else the header is ignored, so forging it gains nothing."""
+
+    def guesses(client: httpx.Client, phone: str, count: int) -> list[int]:
+        headers = {"X-Forwarded-For": phone}
+        return [client.get(f"{base_url}/a-guess", headers=headers).status_code for _ in range(count)]
+
+    with httpx.Client(verify=False, timeout=10.0) as balancer:
+        first_phone = guesses(balancer, "198.51.100.1", GUESSES)
+        assert 429 in first_phone and set(first_phone) <= {404, 429}
+        assert guesses(balancer, "198.51.100.2", 1) == [404]  # another phone: not limited
+    # From the host itself (not a balancer address): a forged header keeps its own bucket.
+    forged = guest(
+        info,
+        f"seq {GUESSES} | xargs -P 8 -I{{}} curl -sk -o /dev/null -w '%{{http_code}}\\n' "
+        "-H 'X-Forwarded-For: 198.51.100.3' https://127.0.0.1/a-guess; "
+        "curl -sk -o /dev/null -w '%{http_code}\\n' -H 'X-Forwarded-For: 198.51.100.4' "
+        "https://127.0.0.1/a-guess",
+    ).split()
+    assert "429" in forged[:-1] and forged[-1] == "429", forged[-5:]
+
+
 def test_startup_script_alone_brings_up_a_healthy_endpoint(
     fresh_testhost, unity_checkpoint: Path, tmp_path: Path
 ) -> None:
@@ -181,6 +208,7 @@ def test_startup_script_alone_brings_up_a_healthy_endpoint(
     # The secret-free health path answers the balancer's addresses only.
     refused = guest(info, f"curl -sk -o /dev/null -w '%{{http_code}}' https://127.0.0.1{LB_HEALTH_PATH}")
     assert refused.strip() in ("403", "405"), refused
+    limits_count_phones_behind_the_balancer(info, base_url)
 
     # The guest ran it by itself: the oneshot unit finished successfully and logged it.
     assert guest(info, f"systemctl show -p Result --value {STARTUP_UNIT}").strip() == "success", boot_log(

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import testhost as th
+from tests.support.deployment import guest
 from tests.support.testhost.cli import remote_command
 from tests.support.testhost.image import rootfs_path
 
@@ -29,15 +30,9 @@ CLI = Path(__file__).resolve().parents[1] / "testhost"
 GUEST_SITE = "/usr/local/lib/python3.11/dist-packages"
 
 
-def _ok(info: th.TestHostInfo, cmd: str | list[str], timeout: float = 120) -> str:
-    rc, out, err = th.ssh_exec(info, cmd, timeout=timeout)
-    assert rc == 0, f"{cmd!r} exited with {rc}:\n{out}\n{err}"
-    return out
-
-
 def test_the_clouds_login_and_root_log_in_with_the_host_key(testhost: th.TestHostInfo) -> None:
     assert stat.S_IMODE(os.stat(testhost.key).st_mode) == 0o600
-    assert _ok(testhost, "id -un; hostname").split() == ["root", testhost.name]
+    assert guest(testhost, "id -un; hostname").split() == ["root", testhost.name]
     # The JSON's user is GCP's login: non-root, its own home, passwordless sudo.
     assert testhost.user == "synthdet"
     rc, out, err = th.ssh_exec(testhost, "id -u; echo $HOME; sudo -n id -un", user=testhost.user)
@@ -75,7 +70,7 @@ def test_systemd_reaches_running(testhost: th.TestHostInfo) -> None:
 
 
 def test_torch_is_preinstalled_but_torchserve_is_not(testhost: th.TestHostInfo) -> None:
-    out = _ok(
+    out = guest(
         testhost,
         ["python3", "-c", "import torch, torchvision; print(torch.__version__, torchvision.__version__)"],
         timeout=180,  # the first import reads ~5 GB of libraries cold
@@ -83,7 +78,7 @@ def test_torch_is_preinstalled_but_torchserve_is_not(testhost: th.TestHostInfo) 
     torch_v, vision_v = out.split()
     assert torch_v.split("+")[0] == importlib.metadata.version("torch").split("+")[0]
     assert vision_v.split("+")[0] == importlib.metadata.version("torchvision").split("+")[0]
-    listing = _ok(
+    listing = guest(
         testhost,
         [
             "python3",
@@ -101,10 +96,10 @@ def test_torch_is_preinstalled_but_torchserve_is_not(testhost: th.TestHostInfo) 
 
 def test_wheelhouse_is_served_to_the_guest(testhost: th.TestHostInfo) -> None:
     url = testhost.wheelhouse_url
-    listing = _ok(testhost, ["curl", "-fsS", "--max-time", "10", url])
+    listing = guest(testhost, ["curl", "-fsS", "--max-time", "10", url])
     assert "torchserve-" in listing and ".whl" in listing
     # The deploy arguments are enough for pip (plain HTTP needs --trusted-host).
-    _ok(
+    guest(
         testhost,
         [
             "python3",
@@ -142,16 +137,16 @@ def test_cli_status_says_so_when_no_host_is_up(tmp_path: Path) -> None:
 
 def test_reboot_keeps_the_disk(testhost: th.TestHostInfo) -> None:
     token = uuid.uuid4().hex
-    boot_before = _ok(
+    boot_before = guest(
         testhost, f"echo {token} > /var/lib/testhost-marker; cat /proc/sys/kernel/random/boot_id"
     ).strip()
     th.reboot(testhost.name, timeout=120)
-    marker, boot_after = _ok(
+    marker, boot_after = guest(
         testhost, "cat /var/lib/testhost-marker; cat /proc/sys/kernel/random/boot_id"
     ).split()
     assert marker == token
     assert boot_after != boot_before
-    _ok(testhost, f"test -f {GUEST_SITE}/torch/__init__.py")  # the bind is back too
+    guest(testhost, f"test -f {GUEST_SITE}/torch/__init__.py")  # the bind is back too
 
 
 def _assert_nothing_left(info: th.TestHostInfo) -> None:
@@ -187,7 +182,7 @@ def _process_roots() -> list[tuple[str, str]]:
 
 def test_down_removes_everything_and_is_repeatable(fresh_testhost) -> None:
     info = fresh_testhost()
-    _ok(info, "true")
+    guest(info, "true")
     th.down(info.name)
     _assert_nothing_left(info)
     th.down(info.name)  # safe when it is not up
@@ -200,6 +195,12 @@ def test_up_cleans_up_after_a_crashed_run(fresh_testhost) -> None:
     for pid_file in ("supervisor.pid", "nspawn.pid", "http.pid"):
         os.kill(int((state_dir / pid_file).read_text()), signal.SIGKILL)
     again = th.up(info.name)
-    assert _ok(again, "hostname").strip() == info.name
+    assert guest(again, "hostname").strip() == info.name
     th.down(info.name)
     _assert_nothing_left(again)
+
+
+def test_up_never_hands_back_another_login_than_asked(testhost: th.TestHostInfo) -> None:
+    assert th.up(testhost.name).user == testhost.user  # the same login: the running host
+    with pytest.raises(th.TestHostError, match=r"is up with the login 'synthdet'.*--login ubuntu"):
+        th.up(testhost.name, login="ubuntu")

@@ -8,6 +8,7 @@ answers in, the commands they send and the files they place out.
 from __future__ import annotations
 
 import datetime
+import json
 import re
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,10 +16,22 @@ from types import SimpleNamespace
 import pytest
 
 from bootstrap.api import DeployOptions, DeployResult, PipSource
-from bootstrap.deploy import check_privileges, remove_account_script, undeploy_script
+from bootstrap.deploy import apply_and_record, check_privileges, remove_account_script, undeploy_script
 from bootstrap.facts import HostFacts, OsInfo, PythonProbe
+from bootstrap.runner import CommandError
 from bootstrap.steps import STEPS, firewall, health, layout, nginx, packages, secret, torchserve, venv
-from bootstrap.steps.base import SECRET_FILE, SERVICE_USER, Context, DeployError, HostState, render_template
+from bootstrap.steps.base import (
+    CERT_FILE,
+    KEY_FILE,
+    NGINX_SITE,
+    SECRET_FILE,
+    SERVICE_USER,
+    STATE_FILE,
+    Context,
+    DeployError,
+    HostState,
+    render_template,
+)
 from bootstrap.torch_select import CUDA_BUILDS, TorchChoice
 from serving.certs import make_self_signed
 from serving.models import ModelSpec
@@ -55,6 +68,74 @@ def test_steps_run_in_dependency_order() -> None:
 
 
 # -------------------------------------------------------------------- nginx
+def nginx_host(config_ok: bool = True) -> FakeRunner:
+    """A host with Debian's nginx installed: its default site enabled, no site of ours yet."""
+    host = FakeRunner()
+    links = {"/etc/nginx/sites-enabled/default": "/etc/nginx/sites-available/default"}
+
+    def link_site(_m: re.Match[str]) -> tuple[int, str, str]:
+        out = ""
+        if links.get("/etc/nginx/sites-enabled/synthdet") != "/etc/nginx/sites-available/synthdet":
+            links["/etc/nginx/sites-enabled/synthdet"] = "/etc/nginx/sites-available/synthdet"
+            out += "CHANGED\n"
+        if links.pop("/etc/nginx/sites-enabled/default", None):
+            out += "REMOVED_DEFAULT\n"
+        return 0, out, ""
+
+    host.on(
+        r"^test -s /etc/synthdet/tls/",
+        lambda _m: (0 if KEY_FILE in host.files else 1, "", ""),
+    )
+    host.on(r'^\[ "\$\(readlink /etc/nginx/sites-enabled/synthdet\)"', link_site)
+    host.on(r"^mkdir -p /etc/systemd/system/nginx.service.d$").on(r"^systemctl daemon-reload$")
+    host.on(
+        r"^nginx -t$", (0, "", "syntax is ok") if config_ok else (1, "", "nginx: [emerg] unknown directive")
+    )
+    state = {"nginx": "inactive"}
+
+    def restart(_m: re.Match[str]) -> tuple[int, str, str]:
+        state["nginx"] = "active"
+        return 0, "", ""
+
+    host.on(r"^systemctl is-enabled --quiet nginx").on(r"^systemctl reload nginx$")
+    host.on(r"^systemctl restart nginx$", restart)
+    host.on(
+        r"^systemctl is-active nginx$",
+        lambda _m: (0 if state["nginx"] == "active" else 3, state["nginx"], ""),
+    )
+    return host
+
+
+def test_nginx_step_installs_the_site_privately_then_reloads_only_on_change() -> None:
+    host = nginx_host()
+    ctx = make_ctx(host=host)
+    assert nginx.apply(ctx).changed
+    # The site holds the URL secret: root's alone; so is the key; the certificate is public.
+    assert SECRET in host.text(NGINX_SITE) and host.files[NGINX_SITE].mode == "600"
+    assert host.files[KEY_FILE].mode == "600" and host.files[CERT_FILE].mode == "644"
+    assert ctx.cert_pem == host.files[CERT_FILE].data
+    # Debian's default site (plain HTTP to anyone) is gone, and undeploy will know to restore it.
+    assert ctx.state.removed_default_site and ctx.state.tls_source == "self-signed"
+    assert host.ran(r"^nginx -t$") and host.ran(r"^systemctl restart nginx$")
+    # Rerun with nginx running and nothing changed: no write, no reload, no restart.
+    host.commands.clear()
+    assert not nginx.apply(ctx).changed
+    assert not host.ran(r"mv -f|reload|restart")
+    # A change (another port) is a reload, never a restart: connections in flight finish.
+    host.commands.clear()
+    ctx.options = DeployOptions(public_port=8443)
+    assert nginx.apply(ctx).changed
+    assert host.ran(r"^systemctl reload nginx$") and not host.ran(r"restart")
+    assert "listen 8443 ssl" in host.text(NGINX_SITE)
+
+
+def test_nginx_step_refuses_a_configuration_nginx_rejects() -> None:
+    host = nginx_host(config_ok=False)
+    with pytest.raises(DeployError, match="(?s)nginx rejects its configuration.*unknown directive"):
+        nginx.apply(make_ctx(host=host))
+    assert not host.ran(r"systemctl (restart|reload) nginx")  # the running nginx keeps its old site
+
+
 def test_nginx_site_guards_every_path_with_the_secret() -> None:
     ctx = make_ctx(models=(ModelSpec("synthdet", Path("a")), ModelSpec("other", Path("b"))))
     site = nginx.render_site(ctx)
@@ -257,7 +338,7 @@ def test_secrets() -> None:
     assert secret.SECRET_PATTERN.match(generated) and len(generated) == 32
     assert secret.check_secret(SECRET) == SECRET
     for bad in ("short", "has/slash" * 3, "spaces are bad here!", "ü" * 20):
-        with pytest.raises(ValueError):
+        with pytest.raises(DeployError, match="16-128 characters"):
             secret.check_secret(bad)
 
 
@@ -273,6 +354,55 @@ def test_secrets() -> None:
 )
 def test_java_version(text: str, major: int | None) -> None:
     assert packages.parse_java_version(text) == major
+
+
+def dpkg_status(*installed: str) -> str:
+    return "\n\n".join(f"Package: {name}\nStatus: install ok installed\nVersion: 1.0" for name in installed)
+
+
+JAVA_17 = 'openjdk version "17.0.13" 2024-10-15\n'
+
+
+@pytest.mark.parametrize(
+    ("java", "dpkg", "allowed", "apt_rc", "outcome"),
+    [
+        # (java -version, dpkg -s, may install, apt's exit) -> what the step does
+        ((0, "", JAVA_17), dpkg_status("nginx", "nftables"), True, 0, "nothing to do"),
+        (
+            (127, "", "java: not found"),
+            dpkg_status("nginx"),
+            True,
+            0,
+            "installs openjdk-17-jre-headless nftables",
+        ),
+        ((0, "", JAVA_17), "", False, 0, "refuses: missing system packages: nginx, nftables"),
+        ((0, "", JAVA_17), dpkg_status("nftables"), True, 100, "fails: apt-get could not install nginx"),
+    ],
+    ids=["all there", "java and nftables missing", "not allowed to install", "apt fails"],
+)
+def test_packages_step(
+    java: tuple[int, str, str], dpkg: str, allowed: bool, apt_rc: int, outcome: str
+) -> None:
+    host = FakeRunner().on(r"^java -version$", java).on(r"^dpkg -s ", (0 if dpkg else 1, dpkg, ""))
+    host.on(r"apt-get .* install ", (apt_rc, "", "E: Unable to locate package" if apt_rc else ""))
+    python = PythonProbe("/usr/bin/python3", "3.11.2", has_venv=True)
+    ctx = make_ctx(host=host, options=DeployOptions(install_system_packages=allowed), pythons=(python,))
+    verb, _, detail = outcome.partition(" ")
+    if verb in ("refuses:", "fails:"):
+        with pytest.raises(DeployError, match=re.escape(detail)):
+            packages.apply(ctx)
+        assert ctx.state.apt_installed == []
+        return
+    result = packages.apply(ctx)
+    installs = host.ran(r"apt-get .* install ")
+    if verb == "nothing":
+        assert not result.changed and not installs
+        return
+    # One apt run, non-interactive, waiting for apt's lock instead of failing on it.
+    (command,) = installs
+    assert "DEBIAN_FRONTEND=noninteractive" in command and "DPkg::Lock::Timeout=" in command
+    assert command.endswith("--no-install-recommends " + detail)
+    assert result.changed and ctx.state.apt_installed == sorted(detail.split())  # undeploy purges these
 
 
 def test_wanted_packages() -> None:
@@ -346,12 +476,16 @@ def layout_host(getent: str) -> FakeRunner:
     return FakeRunner().on(r"^getent passwd", getent).on(r"^useradd ").on(r"^set -e\n", "CHANGED\n")
 
 
+# A system account of that name that some other package made: used, never recorded as ours.
+FOREIGN_SYSTEM_ACCOUNT = SYSTEM_ACCOUNT.replace("SynthDet TorchServe", "")
+
+
 @pytest.mark.parametrize(
-    ("getent", "creates"),
-    [(NO_ACCOUNT, True), (SYSTEM_ACCOUNT, False)],
-    ids=["no account yet", "our system account"],
+    ("getent", "creates", "ours"),
+    [(NO_ACCOUNT, True, True), (SYSTEM_ACCOUNT, False, True), (FOREIGN_SYSTEM_ACCOUNT, False, False)],
+    ids=["no account yet", "one a deploy made, its record lost", "a system account of another's"],
 )
-def test_layout_creates_the_service_account_only_when_missing(getent: str, creates: bool) -> None:
+def test_layout_creates_the_service_account_only_when_missing(getent: str, creates: bool, ours: bool) -> None:
     host = layout_host(getent)
     ctx = make_ctx(host=host)
     result = layout.apply(ctx)
@@ -361,8 +495,8 @@ def test_layout_creates_the_service_account_only_when_missing(getent: str, creat
     if creates:
         assert "--system" in useradd[0] and "--shell /usr/sbin/nologin" in useradd[0]
         assert useradd[0].endswith(f" {SERVICE_USER}") and "--groups" not in useradd[0]
-    # Recorded only when this deploy made it: undeploy removes exactly those.
-    assert ctx.state.created_users == ([SERVICE_USER] if creates else [])
+    # Recorded only when a deploy made it: undeploy removes exactly those.
+    assert ctx.state.created_users == ([SERVICE_USER] if ours else [])
     directories = host.ran(r"^set -e\n")[0]
     # Its home and working directory are root's; it writes its tmp and log dirs only.
     assert (
@@ -371,6 +505,16 @@ def test_layout_creates_the_service_account_only_when_missing(getent: str, creat
     )
     assert f"install -d -o {SERVICE_USER} -g {SERVICE_USER} -m 700 /var/lib/synthdet/tmp" in directories
     assert "-name '.*.part-*'" in directories  # partial uploads are swept
+    # ... and ours among the system's files (the nginx site holds the URL secret).
+    assert "find /etc/nginx/sites-available /etc/systemd/system" in directories
+    assert "-name '.synthdet*.part-*'" in directories
+    from bootstrap.steps.base import NGINX_SITE, UNIT_FILE
+    from bootstrap.steps.firewall import FIREWALL_UNIT_FILE
+    from bootstrap.steps.nginx import NGINX_DROPIN
+
+    for placed in (NGINX_SITE, UNIT_FILE, FIREWALL_UNIT_FILE, NGINX_DROPIN):
+        folder, name = placed.rsplit("/", 1)
+        assert folder in layout.SHARED_SYSTEM_DIRS and name.startswith("synthdet")
 
 
 @pytest.mark.parametrize(
@@ -392,6 +536,17 @@ def test_layout_refuses_an_account_that_belongs_to_somebody(passwd: str, why: st
     # It stopped before changing anything: no account, no directory, nothing recorded.
     assert host.commands == [host.commands[0]] and host.commands[0].startswith("getent passwd")
     assert ctx.state.created_users == []
+
+
+def test_a_step_that_fails_half_way_still_records_what_it_did() -> None:
+    """useradd ran, then the directories failed: the state on the host names the account."""
+    host = layout_host(NO_ACCOUNT).on(r"^set -e\n", (1, "", "install: No space left on device\n"))
+    ctx = make_ctx(host=host)
+    with pytest.raises(CommandError, match="No space left"):
+        apply_and_record(layout, ctx)
+    assert host.ran(r"^useradd ")
+    assert json.loads(host.text(STATE_FILE))["created_users"] == [SERVICE_USER]
+    assert host.files[STATE_FILE].mode == "600"
 
 
 def test_undeploy_removes_only_what_deploy_added() -> None:
@@ -463,6 +618,7 @@ def firewall_host() -> FakeRunner:
     host.on(r"^systemctl (daemon-reload|restart|is-enabled)").on(
         r"^systemctl is-active", (3, "inactive\n", "")
     )
+    host.on(r"^nft list table inet synthdet$", (1, "", "Error: No such file or directory"))
     host.put("/etc/nginx/nginx.conf", NGINX_CONF)
     return host
 
@@ -487,12 +643,20 @@ def test_firewall_step_installs_rules_and_their_unit_then_is_a_no_op() -> None:
     assert "ExecStart=nft -f /etc/synthdet/nftables.conf" in unit
     assert "ExecStop=nft delete table inet synthdet" in unit
     assert "Before=network-pre.target synthdet-torchserve.service" in unit
+    assert "After=nftables.service" in unit and "PartOf=nftables.service" in unit
     assert host.ran(r"^systemctl restart synthdet-firewall.service$")
     # Rerun with the rules active: nothing written, nothing restarted.
     host.commands.clear()
-    host.on(r"^systemctl is-active", "active\n")
+    host.on(r"^systemctl is-active", "active\n").on(
+        r"^nft list table inet synthdet$", "table inet synthdet {}\n"
+    )
     assert not firewall.apply(ctx).changed
     assert not host.ran(r"restart|mv -f") and not host.ran(r"daemon-reload")
+    # Somebody flushed the ruleset; the unit still says active: the rerun loads the rules again.
+    host.commands.clear()
+    host.on(r"^nft list table inet synthdet$", (1, "", "Error: No such file or directory"))
+    assert firewall.apply(ctx).changed
+    assert host.ran(r"^systemctl restart synthdet-firewall.service$")
 
 
 def test_firewall_step_says_what_is_missing() -> None:

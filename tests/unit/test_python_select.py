@@ -13,7 +13,6 @@ import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -30,7 +29,6 @@ from bootstrap.facts import (
     parse_interpreters,
     parse_python_version,
 )
-from bootstrap.runner import RunResult
 from bootstrap.steps import venv
 from bootstrap.steps.base import Context, DeployError, HostState
 from serving.models import ModelSpec
@@ -92,13 +90,8 @@ class FakeHost(FakeRunner):
     # False: pip could not get uv itself (the script never reaches `uv python install`).
     uv_pip_ok: bool = True
     verify: str = VERIFY_OK
-    envs: list[dict[str, str]] = field(default_factory=list)
     built: set[str] = field(default_factory=set)
     link: str = ""
-
-    def run(self, cmd: str, **kwargs: Any) -> RunResult:  # type: ignore[override]
-        self.envs.append(dict(kwargs.get("env") or {}))
-        return super().run(cmd, **kwargs)
 
     def _answer(self, cmd: str, stdin: bytes | None) -> tuple[int, str, str]:
         if 'mv -f "$tmp"' in cmd:  # a file placed with bootstrap.files
@@ -149,7 +142,7 @@ def make_ctx(
 ) -> Context:
     facts = HostFacts(os_info, "x86_64", 4, 30000, (gpu,) if gpu else (), pythons)
     return Context(
-        conn=host,  # type: ignore[arg-type]  # the fake answers what the venv step sends
+        conn=host,
         facts=facts,
         models=(ModelSpec("synthdet", Path("a.pth")),),
         options=options or DeployOptions(),

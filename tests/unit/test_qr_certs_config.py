@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import ssl
 import subprocess
 from pathlib import Path
 
@@ -118,3 +119,87 @@ def test_model_spec_parsing(value: str, name: str, path: str) -> None:
 def test_model_names_that_cannot_be_url_segments_are_refused(bad: str) -> None:
     with pytest.raises(ValueError, match="invalid model name"):
         ModelSpec(bad, Path("x.pth"))
+
+
+def _issued_by_one_ca(count: int) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """A CA and `count` server certificates it signed: (CA PEM, [(cert PEM, key PEM)])."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
+
+    def certificate(subject: x509.Name, key: ec.EllipticCurvePrivateKey, ca: bool) -> x509.Certificate:
+        return (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(ca_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
+
+    pem = serialization.Encoding.PEM
+    ca_pem = certificate(ca_name, ca_key, ca=True).public_bytes(pem)
+    leaves = []
+    for index in range(count):
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"server {index}")])
+        key_pem = key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        leaves.append((certificate(subject, key, ca=False).public_bytes(pem), key_pem))
+    return ca_pem, leaves
+
+
+def _handshake(server_chain: bytes, server_key: bytes, client: ssl.SSLContext, tmp_path: Path) -> None:
+    """One TLS handshake on loopback; raises ssl.SSLError when the client refuses."""
+    import socket
+    import threading
+
+    (tmp_path / "chain.pem").write_bytes(server_chain)
+    (tmp_path / "key.pem").write_bytes(server_key)
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(tmp_path / "chain.pem", tmp_path / "key.pem")
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+
+        def accept() -> None:
+            conn, _ = listener.accept()
+            try:
+                with server.wrap_socket(conn, server_side=True):
+                    pass
+            except (ssl.SSLError, OSError):
+                pass  # the client refused: its side raises
+
+        thread = threading.Thread(target=accept, daemon=True)
+        thread.start()
+        with (
+            socket.create_connection(listener.getsockname()[:2], timeout=10) as raw,
+            client.wrap_socket(raw, server_hostname="localhost"),
+        ):
+            pass
+        thread.join(10)
+
+
+def test_a_pinned_certificate_is_the_only_one_trusted_even_from_a_full_chain(tmp_path: Path) -> None:
+    from serving.certs import pinned_context
+
+    ca, [(installed, installed_key), (other, other_key)] = _issued_by_one_ca(2)
+    # The deploy pins what it installed (a user's fullchain: server certificate, then its CA).
+    pinned = pinned_context(installed + ca)
+    _handshake(installed + ca, installed_key, pinned, tmp_path)
+    # Another server certificate from the same CA: somebody else in between. Refused.
+    with pytest.raises(ssl.SSLCertVerificationError):
+        _handshake(other + ca, other_key, pinned, tmp_path)
+    # A self-signed one (what deploy makes by default) pins the same way.
+    self_signed, self_key = make_self_signed(["localhost"])
+    _handshake(self_signed, self_key, pinned_context(self_signed), tmp_path)
+    with pytest.raises(ssl.SSLCertVerificationError):
+        _handshake(self_signed, self_key, pinned, tmp_path)

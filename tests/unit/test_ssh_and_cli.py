@@ -10,8 +10,6 @@ from pathlib import Path
 import paramiko
 import pytest
 import typer
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
 from typer.testing import CliRunner
 
 from bootstrap.api import DeployResult, SshTarget
@@ -25,18 +23,7 @@ from bootstrap.ssh import (
     load_private_key,
 )
 from synthdet import deploy_commands
-
-
-def openssh_key() -> str:
-    return (
-        ed25519.Ed25519PrivateKey.generate()
-        .private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.OpenSSH,
-            serialization.NoEncryption(),
-        )
-        .decode()
-    )
+from tests.support.keys import openssh_private_key
 
 
 def test_known_hosts_names_follow_openssh() -> None:
@@ -45,7 +32,7 @@ def test_known_hosts_names_follow_openssh() -> None:
 
 
 def test_key_from_file_and_from_text(tmp_path: Path) -> None:
-    pem = openssh_key()
+    pem = openssh_private_key()
     path = tmp_path / "id_ed25519"
     path.write_text(pem)
     from_file = load_private_key(SshTarget("h", "u", key_path=path))
@@ -64,7 +51,7 @@ def test_bad_or_missing_key_says_what_to_do(tmp_path: Path) -> None:
 
 def test_first_contact_records_the_host_key(tmp_path: Path) -> None:
     known = tmp_path / "sub" / "known_hosts"
-    key = paramiko.Ed25519Key.from_private_key(__import__("io").StringIO(openssh_key()))
+    key = paramiko.Ed25519Key.from_private_key(__import__("io").StringIO(openssh_private_key()))
     _RecordNewHostKey(known).missing_host_key(paramiko.SSHClient(), "[10.0.0.2]:2222", key)
     recorded = paramiko.HostKeys(str(known))
     assert recorded.lookup("[10.0.0.2]:2222")["ssh-ed25519"] == key
@@ -90,7 +77,9 @@ def test_waiting_for_ssh_gives_up_with_a_clear_message(tmp_path: Path) -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     lines: list[str] = []
-    target = SshTarget("127.0.0.1", "root", key_pem=openssh_key(), port=port, known_hosts=tmp_path / "kh")
+    target = SshTarget(
+        "127.0.0.1", "root", key_pem=openssh_private_key(), port=port, known_hosts=tmp_path / "kh"
+    )
     started = time.monotonic()
     with pytest.raises(SshTimeoutError, match="no SSH on 127.0.0.1.*firewall"):
         Connection.open(target, wait_timeout_s=2.5, status=lines.append)

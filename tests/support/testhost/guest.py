@@ -426,6 +426,12 @@ def up(name: str, timeout: float = BOOT_TIMEOUT, login: str = DEFAULT_LOGIN) -> 
         state_dir = _state_dir(name)
         if _is_running(name):
             host = TestHostInfo(**(_load_json(state_dir / "info.json") or {}))
+            if host.user != LOGINS[login].user:
+                # Never hand back another login than the one asked for, silently.
+                raise TestHostError(
+                    f"test host {name} is up with the login {host.user!r}, not {LOGINS[login].user!r} "
+                    f"(--login {login}): `tests/testhost down {name}` first, or use another name"
+                )
             _wait_for_ssh(name, host, timeout, time.monotonic())
             return host
         if state_dir.exists() or Path(f"/run/netns/{_netns(name)}").exists():
