@@ -18,7 +18,7 @@ import pulumi
 from bootstrap.boot_local import boot_config
 from bootstrap.bundle import Bundle, build_bundle
 from bootstrap.startup_script import config_json, config_models, render_startup_script
-from infra.config import Settings
+from infra.config import ConfigError, Settings
 from infra.images import Cloud, ImageChoice, select_image
 from infra.pricing import Estimate, fleet_hourly, load_balancer_hourly, warn_missing
 
@@ -145,8 +145,9 @@ def startup_script(
     )
 
 
-def warn_fleet_settings(settings: Settings) -> None:
-    """What a fleet's config leaves open: single-host keys, and a torch nobody pinned."""
+def check_fleet_settings(settings: Settings) -> None:
+    """What a fleet's config leaves open: single-host keys (warned), a torch nobody pinned
+    (refused: replicas must boot what was chosen, not what the index serves that day)."""
     stack = settings.stack
     for key, value in (("maxRunHours", stack.max_run_hours), ("idleStopMinutes", stack.idle_stop_minutes)):
         if value:
@@ -154,11 +155,14 @@ def warn_fleet_settings(settings: Settings) -> None:
     if stack.cloud == "ssh":  # refused for fleets by the config already
         return
     image = select_image(stack.cloud, stack.gpu)
-    if not image.carries_torch and not stack.image and not stack.torch_version:
+    if (stack.image or not image.carries_torch) and not stack.torch_version:
         # Everything else a replica installs is locked with hashes; torch comes from the
-        # PyTorch index for the GPU's CUDA build, so only its version can be held.
-        pulumi.log.warn(
-            f"{image.source} carries no torch, so every replica installs the newest torch the "
-            "PyTorch index serves on the day it boots: set synthdet:torchVersion (e.g. 2.9.1) "
-            "to give them all the same one"
+        # PyTorch index for the GPU's CUDA build, so its version is what can be held.
+        where = f"the image {stack.image}" if stack.image else image.source
+        raise ConfigError(
+            f"synthdet:torchVersion is needed for replicas here: {where} carries no torch the "
+            "stack knows of, so each replica would install the newest torch the PyTorch index "
+            "serves on the day it boots, and replicas of one fleet could differ. Set it, e.g. "
+            "`pulumi config set synthdet:torchVersion 2.9.1` (a release with a build for the "
+            "GPU's CUDA; docs/scale-out.md)."
         )

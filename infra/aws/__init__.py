@@ -15,7 +15,7 @@ from infra.aws.balancer import AwsLoadBalancer, AwsLoadBalancerArgs
 from infra.aws.group import AwsReplicaGroup, AwsReplicaGroupArgs
 from infra.aws.host import AwsGpuHost, AwsGpuHostArgs, hourly_cost
 from infra.config import Settings
-from infra.fleet import Fleet, fleet_cost, replica_files, replica_shape, warn_fleet_settings
+from infra.fleet import Fleet, check_fleet_settings, fleet_cost, replica_files, replica_shape
 from infra.host import Host
 from infra.images import select_image
 from infra.network import firewall_cidrs, resolve_cidrs
@@ -132,5 +132,5 @@ class AwsFleet(pulumi.ComponentResource):
 
 
 def build_fleet(settings: Settings, url_secret: pulumi.Output[str]) -> Fleet:
-    warn_fleet_settings(settings)
+    check_fleet_settings(settings)
     return AwsFleet(NAME, settings, url_secret).fleet

@@ -10,7 +10,7 @@ import pulumi
 import pulumi_gcp as gcp
 
 from infra.config import Settings
-from infra.fleet import Fleet, fleet_cost, replica_files, replica_shape, warn_fleet_settings
+from infra.fleet import Fleet, check_fleet_settings, fleet_cost, replica_files, replica_shape
 from infra.gcp.artifacts import GcsArtifacts, GcsArtifactsArgs
 from infra.gcp.balancer import GcpLoadBalancer, GcpLoadBalancerArgs
 from infra.gcp.certificate import GcpCertificate
@@ -153,5 +153,5 @@ def gcp_address(name: str, project: str | None, opts: pulumi.ResourceOptions) ->
 
 
 def build_fleet(settings: Settings, url_secret: pulumi.Output[str]) -> Fleet:
-    warn_fleet_settings(settings)
+    check_fleet_settings(settings)
     return GcpFleet(NAME, settings, url_secret).fleet

@@ -134,8 +134,13 @@ def fake_bundle(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Bundle:
     return bundle
 
 
+# What a fleet on an image without torch must name (the GCP T4 image serves its own).
+TORCH_PIN = {"synthdet:torchVersion": "2.9.1"}
+
+
 def fleet_run(stack: str, required, **overrides: Any) -> ProgramRun:
-    return run_program(stack, required(stack) | {"synthdet:replicas": 3} | overrides)
+    pin = TORCH_PIN if stack.startswith("aws") else {}
+    return run_program(stack, required(stack) | {"synthdet:replicas": 3} | pin | overrides)
 
 
 def only_object_content(run: ProgramRun, typ: str) -> dict[str, Any]:
@@ -470,6 +475,7 @@ def test_aws_autoscaling_tracks_requests_per_replica(required):
     run = run_program(
         "aws-t4",
         required("aws-t4")
+        | TORCH_PIN
         | {"synthdet:replicas": 2, "synthdet:maxReplicas": 8, "synthdet:requestsPerReplica": 6},
     )
     group = run.one("aws:autoscaling/group:Group")
@@ -565,13 +571,16 @@ def test_the_replicas_run_as_the_stacks_own_service_account(required):
     assert len(account.plain("displayName")) <= 100
 
 
-def test_a_fleet_whose_image_has_no_torch_is_told_to_pin_one(required):
-    def warned(run: ProgramRun) -> bool:
-        return any("synthdet:torchVersion" in line for line in run.logs)
-
-    assert warned(fleet_run("aws-t4", required))  # a base AMI: torch comes from the index
-    assert not warned(fleet_run("aws-t4", required, **{"synthdet:torchVersion": "2.9.1"}))
-    assert not warned(fleet_run("gcp-t4", required))  # the image's own torch serves
+def test_a_fleet_whose_image_has_no_torch_must_pin_one(required):
+    # A base AMI: torch would come from the index, whatever it serves the day a replica boots.
+    with pytest.raises(ConfigError, match=r"(?s)synthdet:torchVersion is needed.*newest torch"):
+        run_program("aws-t4", required("aws-t4") | {"synthdet:replicas": 3})
+    with pytest.raises(ConfigError, match=r"(?s)torchVersion.*the image my-own-image"):
+        run_program("gcp-t4", required("gcp-t4") | {"synthdet:replicas": 3, "synthdet:image": "my-own-image"})
+    # Pinned, every replica installs that release (boot.json carries it to the bootstrap).
+    config = only_object_content(fleet_run("aws-t4", required), "aws:s3/bucketObjectv2:BucketObjectv2")
+    assert config["options"]["torch_version"] == "2.9.1"
+    fleet_run("gcp-t4", required)  # the image's own torch serves: nothing to pin
 
 
 def test_gcp_warns_that_endpoint_cidrs_are_not_enforced(required):
