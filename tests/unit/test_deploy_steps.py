@@ -668,6 +668,76 @@ def test_firewall_step_says_what_is_missing() -> None:
         firewall.apply(make_ctx(host=broken))
 
 
+# ------------------------------------------------------------- TorchServe
+class TorchServeHost(FakeRunner):
+    """systemd and TorchServe's management API as the torchserve step sees them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.active = False
+        self.registered: list[str] = []
+        self.on(r"^command -v java$", "/usr/bin/java\n").on(r"^systemctl (daemon-reload|enable) ")
+        self.on(r"^systemctl daemon-reload$").on(r"^systemctl is-enabled ", "enabled\n")
+        self.on(
+            r"^systemctl is-active ", lambda _m: (0, "active", "") if self.active else (3, "inactive", "")
+        )
+        self.on(r"^systemctl restart synthdet-torchserve.service$", self._restart)
+        self.on(r"^python3 - (GET|DELETE) http://127\.0\.0\.1:\d+(\S*) ", self._management)
+        self.on(r"^python3 - (\S+) '?http://127\.0\.0\.1:\d+/models\?url=(\w+)\.mar", self._reload)
+        self.on(r"^rm -f /var/lib/synthdet/model-store/")
+
+    def _restart(self, _m: re.Match[str]) -> tuple[int, str, str]:
+        self.active = True
+        return 0, "", ""
+
+    def _management(self, m: re.Match[str]) -> tuple[int, str, str]:
+        if m.group(1) == "DELETE":
+            self.registered.remove(m.group(2).rsplit("/", 1)[1])
+            return 0, json.dumps({"status": 200, "body": "{}"}), ""
+        body = json.dumps({"models": [{"modelName": name} for name in self.registered]})
+        return 0, json.dumps({"status": 200, "body": body}), ""
+
+    def _reload(self, m: re.Match[str]) -> tuple[int, str, str]:
+        if m.group(2) not in self.registered:
+            self.registered.append(m.group(2))
+        return 0, json.dumps({"status": 200, "body": "{}"}), ""
+
+
+def torchserve_ctx(host: TorchServeHost, archives: dict[str, str]) -> Context:
+    ctx = make_ctx(host=host, models=tuple(ModelSpec(name, Path(f"{name}.pth")) for name in archives))
+    ctx.python_version = "3.11"
+    ctx.archive_sha256 = dict(archives)
+    return ctx
+
+
+def test_torchserve_step_starts_once_then_changes_models_live() -> None:
+    host = TorchServeHost()
+    # First deploy: unit and config written, the service started with both models.
+    ctx = torchserve_ctx(host, {"synthdet": "a" * 64, "cereal": "b" * 64})
+    result = torchserve.apply(ctx)
+    assert (result.changed, result.detail) == (True, "started")
+    assert host.files[torchserve.CONFIG_FILE].mode == "640"
+    assert host.files[torchserve.UNIT_FILE].data and host.ran(r"^systemctl restart ")
+    assert ctx.state.loaded_models == {"synthdet": "a" * 64, "cereal": "b" * 64}
+    host.registered = ["synthdet", "cereal"]
+    # Rerun, nothing new: no restart, no reload.
+    host.commands.clear()
+    rerun = torchserve_ctx(host, {"synthdet": "a" * 64, "cereal": "b" * 64})
+    rerun.state = ctx.state
+    result = torchserve.apply(rerun)
+    assert (result.changed, result.detail) == (False, "running, models current")
+    assert not host.ran(r"restart|\?url=")
+    # One model retrained, the other dropped: both happen live; TorchServe keeps running.
+    host.commands.clear()
+    changed = torchserve_ctx(host, {"synthdet": "c" * 64})
+    changed.state = rerun.state
+    result = torchserve.apply(changed)
+    assert result.changed and result.detail == "reloaded synthdet, unloaded cereal"
+    assert not host.ran(r"^systemctl restart")
+    assert host.registered == ["synthdet"] and changed.state.loaded_models == {"synthdet": "c" * 64}
+    assert host.ran(r"^rm -f /var/lib/synthdet/model-store/cereal\.mar$")
+
+
 # ------------------------------------------------------------- url secret
 @pytest.mark.parametrize(
     ("stored", "wanted", "detail", "changed"),
