@@ -14,7 +14,7 @@ What it adds over a bare paramiko client:
 from __future__ import annotations
 
 import io
-import select
+import selectors
 import socket
 import time
 from collections.abc import Callable, Mapping
@@ -294,15 +294,19 @@ def _send(channel: paramiko.Channel, stdin: bytes | IO[bytes], on_sent: SentCall
 def _drain(channel: paramiko.Channel, deadline: float | None) -> tuple[bytes, bytes]:
     """Read stdout and stderr as they come until the command exits and both are empty."""
     out, err = bytearray(), bytearray()
-    while True:
-        if channel.recv_ready():
-            out += channel.recv(65536)
-        elif channel.recv_stderr_ready():
-            err += channel.recv_stderr(65536)
-        elif channel.exit_status_ready():
-            return bytes(out), bytes(err)
-        else:
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError
-            # Wakes at once on stdout; stderr and the exit status are polled briefly.
-            select.select([channel], [], [], 0.01)
+    # A selector, not select.select(): that fails outright in a process holding more than
+    # 1024 file descriptors (a long Pulumi run, a test session).
+    with selectors.DefaultSelector() as selector:
+        selector.register(channel, selectors.EVENT_READ)
+        while True:
+            if channel.recv_ready():
+                out += channel.recv(65536)
+            elif channel.recv_stderr_ready():
+                err += channel.recv_stderr(65536)
+            elif channel.exit_status_ready():
+                return bytes(out), bytes(err)
+            else:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError
+                # Wakes at once on stdout; stderr and the exit status are polled briefly.
+                selector.select(0.01)

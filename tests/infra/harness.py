@@ -199,6 +199,18 @@ def engine_value(value: Any) -> str:
     return str(value)
 
 
+def _ensure_event_loop() -> None:
+    """Pulumi's mocks make futures on the current event loop, and a test that ran
+    asyncio.run() earlier in this process leaves none behind: make one only then (one per
+    run would leak its file descriptors)."""
+    try:
+        loop = asyncio.get_event_loop_policy().get_event_loop()
+    except RuntimeError:
+        loop = None
+    if loop is None or loop.is_closed():
+        asyncio.set_event_loop(asyncio.new_event_loop())
+
+
 def run_program(stack: str, overrides: dict[str, Any] | None = None) -> ProgramRun:
     """Run infra/__main__.py's main() for a stack file plus overrides, against mocks."""
     from infra.__main__ import main
@@ -207,9 +219,7 @@ def run_program(stack: str, overrides: dict[str, Any] | None = None) -> ProgramR
     config = {k: engine_value(v) for k, v in config.items() if v is not None}
     pulumi.runtime.set_all_config(config)
 
-    # Pulumi's mocks make futures on the current event loop: a test that ran asyncio.run()
-    # earlier in this process leaves none behind.
-    asyncio.set_event_loop(asyncio.new_event_loop())
+    _ensure_event_loop()
     mocks = GraphMocks()
     monitor = RecordingMonitor(mocks)
     logs = _LogCatcher()
