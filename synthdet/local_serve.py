@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -188,6 +189,43 @@ def free_port(host: str = LOOPBACK) -> int:
         return int(sock.getsockname()[1])
 
 
+# Where the kernel takes the local ports of outgoing connections (Linux's default).
+DEFAULT_EPHEMERAL_PORTS = (32768, 60999)
+LOWEST_PRIVATE_PORT = 20000
+
+
+def ephemeral_ports() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return DEFAULT_EPHEMERAL_PORTS
+
+
+def private_ports(count: int, host: str = LOOPBACK) -> list[int]:
+    """`count` distinct free ports for TorchServe's own listeners, below the ephemeral range.
+
+    TorchServe binds them seconds after they are chosen. A port from the ephemeral range
+    (what binding port 0 gives) can be taken in between by any outgoing connection, this
+    process's own readiness polls included; one below it cannot.
+    """
+    low, _ = ephemeral_ports()
+    if low - LOWEST_PRIVATE_PORT < 10 * count:  # an unusual range: let the kernel choose
+        return [free_port(host) for _ in range(count)]
+    candidates = random.SystemRandom().sample(range(LOWEST_PRIVATE_PORT, low), 50 * count)
+    chosen: list[int] = []
+    for port in candidates:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue  # somebody listens there
+        chosen.append(port)
+        if len(chosen) == count:
+            return chosen
+    raise ServeError(f"no {count} free ports between {LOWEST_PRIVATE_PORT} and {low} on {host}")
+
+
 def lan_addresses() -> list[str]:
     """IPv4 addresses a phone on the same network could use to reach this machine."""
     found = []
@@ -245,7 +283,7 @@ def start_local_server(config: LocalServeConfig, progress: Progress | None = Non
         (workdir / sub).mkdir(parents=True, exist_ok=True)
     store = workdir / "model-store"
     archives = stage_archives(config.models, store, config.serving, progress)
-    inference_port, management_port, metrics_port = free_port(), free_port(), free_port()
+    inference_port, management_port, metrics_port, *grpc_ports = private_ports(5)
     properties = render_config_properties(
         inference_address=f"http://{LOOPBACK}:{inference_port}",
         management_address=f"http://{LOOPBACK}:{management_port}",
@@ -253,7 +291,7 @@ def start_local_server(config: LocalServeConfig, progress: Progress | None = Non
         model_store=str(store),
         models=archives,
         serving=config.serving,
-        grpc_ports=(free_port(), free_port()),
+        grpc_ports=(grpc_ports[0], grpc_ports[1]),
     )
     config_path = workdir / "config.properties"
     config_path.write_text(properties, encoding="utf-8")
