@@ -25,11 +25,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import tenacity
 from common import app_frames, checkpoint_or_demo, median, timed
 
 from serving.contract import parse_like_app, post_image
 from serving.models import ModelSpec
+from serving.polling import retry
 from serving.settings import ServingSettings
 from synthdet.local_serve import LocalServeConfig, free_port, start_local_server
 
@@ -46,16 +46,14 @@ def cold_start(config: LocalServeConfig, frame: bytes) -> tuple[Any, dict[str, f
         server.wait_ready(600)
         ready = time.perf_counter() - started
         url = server.prediction_url(config.models[0].name)
+
         # Ready workers may still refuse the first frames (warm-up): retry for a while.
-        for attempt in tenacity.Retrying(
-            stop=tenacity.stop_after_delay(FIRST_ANSWER_TIMEOUT_S),
-            wait=tenacity.wait_fixed(0.2),
-            reraise=True,
-        ):
-            with attempt:
-                response = post_image(url, frame, timeout_s=120)
-                response.raise_for_status()
-                parse_like_app(response.content)
+        def first_answer() -> None:
+            response = post_image(url, frame, timeout_s=120)
+            response.raise_for_status()
+            parse_like_app(response.content)
+
+        retry(first_answer, timeout_s=FIRST_ANSWER_TIMEOUT_S, every_s=0.2)
     except BaseException:
         server.stop()
         raise
@@ -76,6 +74,10 @@ def bare_forward(checkpoint: Path, threshold: float) -> Any:
     # the bare forward, so the ratio measures serving overhead and nothing else.
     _keep_freed_memory()
     model = load_model(checkpoint, len(load_label_names(DEFAULT_LABEL_MAP)), threshold)
+    if not torch.cuda.is_available():  # the worker's default CPU path, so only serving differs
+        from handler.cpu_paths import prepare_for_cpu
+
+        prepare_for_cpu(model, "fp32")
 
     def forward(tensor: torch.Tensor) -> Any:
         with torch.inference_mode():

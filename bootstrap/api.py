@@ -31,6 +31,9 @@ class SshTarget:
     port: int = 22
     # Where host keys are recorded on first contact; a changed key is refused.
     known_hosts: Path = DEFAULT_KNOWN_HOSTS
+    # Who the host's firewall admits on SSH, how that was found and how to change it, said
+    # when SSH stays silent (the Pulumi program knows; empty: a generic line).
+    firewall_hint: str = ""
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,14 @@ class PipSource:
         )
 
 
-_PATH_FIELDS = ("tls_cert", "tls_key", "work_dir")
+_PATH_FIELDS = ("tls_cert", "tls_key", "work_dir", "acme_ca")
+
+# Let's Encrypt's production ACME directory: the default CA with `acme` on. Registering an
+# account there agrees to its subscriber agreement (LETS_ENCRYPT_TERMS lists the current one).
+LETS_ENCRYPT_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
+LETS_ENCRYPT_TERMS = "https://letsencrypt.org/repository/"
+# TLS-ALPN-01, the only challenge the host answers, is validated on this port.
+ACME_PORT = 443
 
 
 @dataclass(frozen=True)
@@ -97,12 +107,41 @@ class DeployOptions:
     # client's address from X-Forwarded-For (rate limits per phone, not per balancer
     # node) and answers the balancer's secret-free health path to these only.
     balancer_cidrs: tuple[str, ...] = ()
+    # A publicly trusted certificate for the public address from an ACME CA (TLS-ALPN-01
+    # through port 443), renewed on the host; off: self-signed (bootstrap/steps/acme.py).
+    acme: bool = False
+    # Contact address given to the CA (expiry and policy mail); None: no contact.
+    acme_email: str | None = None
+    acme_directory: str = LETS_ENCRYPT_DIRECTORY
+    # CA certificates to trust for a private ACME server: its HTTPS and the roots it issues
+    # under (tests, private CAs); None: the system's roots.
+    acme_ca: Path | None = None
+    # Power the machine off after this many minutes without a prediction request or SSH
+    # session (0: never; bootstrap/steps/idle_stop.py).
+    idle_stop_minutes: int = 0
 
     def __post_init__(self) -> None:
         if not 1 <= self.public_port <= 65535:
             raise ValueError(f"public_port {self.public_port} is not a TCP port")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("give both tls_cert and tls_key, or neither (self-signed)")
+        if not 0 <= self.idle_stop_minutes <= 1440:
+            raise ValueError(f"idle_stop_minutes must be 0 (off) to 1440, not {self.idle_stop_minutes}")
+        if self.acme:
+            self._check_acme()
+
+    def _check_acme(self) -> None:
+        if self.public_port != ACME_PORT:
+            raise ValueError(
+                f"ACME validates the host on port {ACME_PORT} (TLS-ALPN-01), so it needs public port "
+                f"{ACME_PORT}, not {self.public_port}: drop the other port, or ACME"
+            )
+        if self.tls_cert is not None:
+            raise ValueError("give your own certificate (tls_cert/tls_key) or use ACME, not both")
+        if self.balancer_cidrs:
+            raise ValueError("behind a load balancer the balancer's certificate is served: no ACME")
+        if not self.acme_directory.startswith("https://"):
+            raise ValueError(f"the ACME directory must be an https:// URL, not {self.acme_directory!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON values; `from_dict` reads them back (Pulumi state, boot.json)."""
@@ -110,7 +149,8 @@ class DeployOptions:
         for name in _PATH_FIELDS:
             data[name] = str(data[name]) if data[name] is not None else None
         data["pip"] = self.pip.to_dict()
-        data["serving"] = self.serving.to_dict()
+        # Only what was set: the hardware's defaults are chosen where the model is served.
+        data["serving"] = self.serving.user_set()
         data["balancer_cidrs"] = list(self.balancer_cidrs)
         return data
 
@@ -146,6 +186,10 @@ class DeployResult:
     steps: list[tuple[str, bool]] = field(default_factory=list)
     # gpu, driver, torch, device ("cuda"/"cpu"), os ...
     host: dict[str, str | None] = field(default_factory=dict)
+    # The served certificate: source ("acme", "self-signed", "user"), public ("yes": clients
+    # verify its chain; cert_sha256 then changes at every renewal) and note (issuer and
+    # expiry, or why ACME did not give one).
+    certificate: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -156,37 +200,38 @@ class DeployResult:
             "public_ip": self.public_address,
             "steps": [{"name": n, "changed": c} for n, c in self.steps],
             "host": self.host,
+            "certificate": self.certificate,
         }
 
 
-class Progress(Protocol):
+class DeployReporter(Protocol):
     """How a deploy reports as it goes (rich in the CLI, logs in Pulumi, lines at boot)."""
 
     def status(self, message: str) -> None:
         """One line about what is happening now (waiting for SSH, installing ...)."""
 
-    def step_done(self, name: str, changed: bool, detail: str = "") -> None:
-        """A step finished: changed or unchanged."""
+    def step_done(self, name: str, changed: bool | None, detail: str = "") -> None:
+        """A step finished: changed, unchanged, or None for a check (it changes nothing)."""
 
     def upload(self, label: str, sent: int, total: int) -> None:
         """Bytes of one upload sent so far."""
 
 
-class NullProgress:
-    """Reports nothing (library callers that pass no Progress)."""
+class SilentReporter:
+    """Reports nothing (library callers that pass no DeployReporter)."""
 
     def status(self, message: str) -> None:
         pass
 
-    def step_done(self, name: str, changed: bool, detail: str = "") -> None:
+    def step_done(self, name: str, changed: bool | None, detail: str = "") -> None:
         pass
 
     def upload(self, label: str, sent: int, total: int) -> None:
         pass
 
 
-class LineProgress:
-    """Progress as plain lines with a prefix: Pulumi's engine log, a replica's boot log."""
+class LineReporter:
+    """Reports as plain lines with a prefix: Pulumi's engine log, a replica's boot log."""
 
     def __init__(self, write: Callable[[str], None], prefix: str) -> None:
         self.write = write
@@ -195,8 +240,8 @@ class LineProgress:
     def status(self, message: str) -> None:
         self.write(f"{self.prefix}{message}")
 
-    def step_done(self, name: str, changed: bool, detail: str = "") -> None:
-        state = "changed" if changed else "unchanged"
+    def step_done(self, name: str, changed: bool | None, detail: str = "") -> None:
+        state = "checked" if changed is None else "changed" if changed else "unchanged"
         self.write(f"{self.prefix}{name}: {state}{f' ({detail})' if detail else ''}")
 
     def upload(self, label: str, sent: int, total: int) -> None:

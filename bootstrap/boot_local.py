@@ -8,6 +8,13 @@ model archives built at `pulumi up` time and fetched from the stack's bucket.
 
 The config (`boot.json`, written by `boot_config`) carries the URL secret:
 it lives in the private bucket, never in instance metadata or logs.
+
+Serving settings the stack left unset are chosen here, for this instance's
+hardware, like every deploy does (`ServingSettings.for_hardware`): workers,
+queue and nginx's limits follow the machine. The archive's batch settings were
+fixed when `pulumi up` built it; a fleet's archives are built for its GPUs, and
+an archive whose batch size differs from what this machine would choose is
+served as built, with a line in the boot log saying so.
 """
 
 from __future__ import annotations
@@ -15,15 +22,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+import zipfile
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bootstrap.api import DeployOptions, DeployResult, LineProgress
-from bootstrap.steps.upload_model import Built
+import yaml
+
+from bootstrap.api import DeployOptions, DeployReporter, DeployResult, LineReporter
+from bootstrap.steps.base import Archive
+from serving.archive import CONFIG_FILE as ARCHIVE_CONFIG
 from serving.inputs import sha256_file
 from serving.models import ModelSpec
+from serving.settings import ServingSettings
 
 CONFIG_VERSION = 2
 # Behind a load balancer the instance is reached by the balancer, not by a name of its
@@ -59,9 +71,9 @@ def load_config(path: Path) -> dict[str, Any]:
 
 def deploy_inputs(
     config: dict[str, Any], archive_dir: Path, *, smoke: bool = True
-) -> tuple[list[ModelSpec], DeployOptions, Built]:
+) -> tuple[list[ModelSpec], DeployOptions, dict[str, Archive]]:
     """(models, options, built archives) for `run_steps`; each archive's sha256 is checked."""
-    built: Built = {}
+    built: dict[str, Archive] = {}
     models = []
     for entry in config["models"]:
         path = Path(archive_dir) / entry["file"]
@@ -72,7 +84,7 @@ def deploy_inputs(
             raise BootConfigError(f"model archive {path} has sha256 {got}, expected {entry['sha256']}")
         # The checkpoint is not needed here (the archive is built); the steps use the name.
         models.append(ModelSpec(entry["name"], path))
-        built[entry["name"]] = (path, got)
+        built[entry["name"]] = Archive(path, got)
     try:
         options = DeployOptions.from_dict(config["options"])
     except (KeyError, TypeError, ValueError) as exc:
@@ -80,15 +92,44 @@ def deploy_inputs(
     return models, replace(options, public_address=LOCAL_ADDRESS, smoke=smoke), built
 
 
+def archived_batch(path: Path) -> tuple[int, int] | None:
+    """(batchSize, maxBatchDelay) in an archive's model-config.yaml; None if it has none."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = yaml.safe_load(archive.read(ARCHIVE_CONFIG))
+        return int(config["batchSize"]), int(config["maxBatchDelay"])
+    except (OSError, KeyError, TypeError, ValueError, zipfile.BadZipFile, yaml.YAMLError):
+        return None
+
+
+def prebuilt(archives: Mapping[str, Archive], progress: DeployReporter) -> Any:
+    """`run_steps`' archive builder for archives built at `pulumi up`: they are used as they
+    are; one whose batch settings differ from what this machine's hardware chooses is noted."""
+
+    def build(serving: ServingSettings) -> dict[str, Archive]:
+        wanted = (serving.batch_size, serving.max_batch_delay_ms)
+        for name, archive in archives.items():
+            got = archived_batch(archive.path)
+            if got is not None and got != wanted:
+                progress.status(
+                    f"note: {name}'s archive has batch size {got[0]} (delay {got[1]} ms); this "
+                    f"machine's hardware would choose {wanted[0]} ({wanted[1]} ms). Set "
+                    "synthdet:serving batch_size in the stack to choose it yourself."
+                )
+        return dict(archives)
+
+    return build
+
+
 def boot(config_path: Path, archive_dir: Path, *, smoke: bool = True) -> DeployResult:
     from bootstrap.deploy import run_steps
     from bootstrap.local_runner import LocalRunner
 
     config = load_config(config_path)
-    models, options, built = deploy_inputs(config, archive_dir, smoke=smoke)
-    progress = LineProgress(lambda line: print(line, flush=True), "synthdet-boot: ")
+    models, options, archives = deploy_inputs(config, archive_dir, smoke=smoke)
+    progress = LineReporter(lambda line: print(line, flush=True), "synthdet-boot: ")
     with LocalRunner() as runner:
-        return run_steps(runner, models, options, progress, built, LOCAL_ADDRESS)
+        return run_steps(runner, models, options, progress, prebuilt(archives, progress), LOCAL_ADDRESS)
 
 
 def summary(result: DeployResult) -> dict[str, Any]:

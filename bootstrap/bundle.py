@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from serving.archive import cache_dir, cached_archive
+from serving.archive import ARCHIVES_FOLDER, cache_dir, cached_archive
 from serving.inputs import sha256_file, sha256_files
 from serving.models import ModelSpec
 from serving.settings import ServingSettings
@@ -29,6 +29,8 @@ WHEEL_SOURCES = ("pyproject.toml", "README.md", "bootstrap", "handler", "serving
 SKIP_PARTS = {"__pycache__", ".pytest_cache"}
 # Zip timestamps of the wheel: fixed, so a rebuild of the same sources is byte-identical.
 SOURCE_DATE_EPOCH = "315532800"  # 1980-01-01
+# The cache's folder of built project wheels (`synthdet cache` lists and clears it).
+WHEELS_FOLDER = "wheels"
 
 # Installed beside the wheel (which is installed --no-deps: its own dependency list
 # pulls torch): what `bootstrap.boot_local` imports, locked with hashes.
@@ -84,7 +86,7 @@ def source_hash(repo: Path = REPO) -> str:
 
 def build_wheel(repo: Path = REPO, cache: Path | None = None) -> Path:
     """`pip wheel --no-deps` of this project, built once per source hash (in a copy of the tree)."""
-    out = (cache or cache_dir()) / "wheels" / source_hash(repo)[:16]
+    out = (cache or cache_dir()) / WHEELS_FOLDER / source_hash(repo)[:16]
     found = sorted(out.glob("*.whl"))
     if found:
         return found[0]
@@ -118,7 +120,7 @@ def build_archives(
     models: Sequence[ModelSpec], serving: ServingSettings, cache: Path | None = None
 ) -> dict[str, Path]:
     """Each model's .mar, from the archive cache (keyed by everything it is built from)."""
-    archives_dir = cache / "archives" if cache else None
+    archives_dir = cache / ARCHIVES_FOLDER if cache else None
     return {spec.name: cached_archive(spec, serving, archives_dir) for spec in models}
 
 

@@ -37,7 +37,7 @@ from bootstrap.facts import (
     parse_apt_candidates,
     parse_interpreters,
 )
-from bootstrap.steps.base import OPT_DIR, Context, DeployError
+from bootstrap.steps.base import OPT_DIR, DeployError, HostState, Run
 
 MIN_VERSION = (3, 10)
 # Looked up on PATH, newest first (all have torch and TorchServe wheels).
@@ -134,8 +134,8 @@ def too_old_error(facts: HostFacts, tried: list[str]) -> DeployError:
 
 
 # ------------------------------------------------------------ on the host
-def find_on_host(ctx: Context, names: tuple[str, ...]) -> list[HostPython]:
-    res = ctx.conn.run(interpreter_query(names), sudo=False, check=False)
+def find_on_host(run: Run, names: tuple[str, ...]) -> list[HostPython]:
+    res = run.conn.run(interpreter_query(names), sudo=False, check=False)
     return parse_interpreters(res.stdout)
 
 
@@ -143,16 +143,16 @@ class NotInstalled(DeployError):
     """One way of getting a Python did not work; the message says why."""
 
 
-def try_apt(ctx: Context) -> None:
+def try_apt(run: Run, state: HostState) -> None:
     """Install python3.X-venv from the distribution when it has one, or raise NotInstalled."""
-    if not ctx.facts.os.is_debian_like:
-        raise NotInstalled(f"apt: {ctx.facts.os.pretty_name} is not Debian/Ubuntu")
-    if not ctx.options.install_system_packages:
+    if not run.facts.os.is_debian_like:
+        raise NotInstalled(f"apt: {run.facts.os.pretty_name} is not Debian/Ubuntu")
+    if not run.options.install_system_packages:
         raise NotInstalled("apt: not allowed (install_system_packages is off)")
     wanted = [f"python{v}-venv" for v in HOST_VERSIONS]
     apt = "apt-get -o DPkg::Lock::Timeout=300"
     # Cloud images often boot with empty package lists: update before asking.
-    policy = ctx.conn.run(
+    policy = run.conn.run(
         f"export DEBIAN_FRONTEND=noninteractive; {apt} update -q >/dev/null 2>&1; "
         f"apt-cache policy {' '.join(wanted)}",
         check=False,
@@ -161,10 +161,10 @@ def try_apt(ctx: Context) -> None:
     candidates = parse_apt_candidates(policy.stdout)
     package = next((p for p in wanted if p in candidates), None)
     if package is None:
-        raise NotInstalled(f"apt: {ctx.facts.os.pretty_name} has no {'/'.join(wanted)}")
+        raise NotInstalled(f"apt: {run.facts.os.pretty_name} has no {'/'.join(wanted)}")
     interpreter = package.removesuffix("-venv")
-    ctx.progress.status(f"installing {interpreter} with apt (the image's Python is too old)")
-    res = ctx.conn.run(
+    run.progress.status(f"installing {interpreter} with apt (the image's Python is too old)")
+    res = run.conn.run(
         f"export DEBIAN_FRONTEND=noninteractive; {apt} install -y -q --no-install-recommends "
         f"{interpreter} {package}",
         check=False,
@@ -173,7 +173,7 @@ def try_apt(ctx: Context) -> None:
     if not res.ok:
         raise NotInstalled(f"apt: installing {package} failed: {(res.stderr or res.stdout).strip()[-300:]}")
     # Recorded so undeploy removes it like the other packages deploy installed.
-    ctx.state.apt_installed = sorted({*ctx.state.apt_installed, interpreter, package})
+    state.apt_installed = sorted({*state.apt_installed, interpreter, package})
 
 
 def uv_install_script(
@@ -216,12 +216,12 @@ def uv_env(python_dir: str = PYTHON_DIR) -> dict[str, str]:
     return env
 
 
-def try_uv(ctx: Context, pip_args: list[str]) -> None:
+def try_uv(run: Run, pip_args: list[str]) -> None:
     """Install Python with uv, or raise NotInstalled (uv needs PyPI/a mirror, then GitHub/a mirror)."""
-    base = ctx.facts.pythons[0].python if ctx.facts.pythons else "python3"
-    ctx.progress.status(f"installing Python {UV_VERSION} with uv into {PYTHON_DIR}")
+    base = run.facts.pythons[0].python if run.facts.pythons else "python3"
+    run.progress.status(f"installing Python {UV_VERSION} with uv into {PYTHON_DIR}")
     env = uv_env()
-    res = ctx.conn.run(uv_install_script(pip_args, base), check=False, timeout_s=1200, env=env)
+    res = run.conn.run(uv_install_script(pip_args, base), check=False, timeout_s=1200, env=env)
     if res.ok:
         return
     tail = (res.stderr or res.stdout).strip()[-700:]
@@ -236,24 +236,24 @@ def try_uv(ctx: Context, pip_args: list[str]) -> None:
     )
 
 
-def resolve(ctx: Context, pip_args: list[str]) -> SelectedPython:
+def resolve(run: Run, state: HostState, pip_args: list[str]) -> SelectedPython:
     """The interpreter for the service venv, installing one if the image's is too old."""
-    facts = ctx.facts
-    if ctx.options.python:
-        probes = find_on_host(ctx, (shlex.quote(ctx.options.python),))
-        return from_override(facts, ctx.options.python, probes)
+    facts = run.facts
+    if run.options.python:
+        probes = find_on_host(run, (shlex.quote(run.options.python),))
+        return from_override(facts, run.options.python, probes)
     image = from_image(facts)
     if image is not None:
         return image
     # Already there: python3.11 on the image, or what apt/uv installed on an earlier run.
-    found = pick_host(find_on_host(ctx, host_candidates()))
+    found = pick_host(find_on_host(run, host_candidates()))
     if found is not None:
         origin = "uv" if found.path.startswith(f"{PYTHON_DIR}/") else "host"
         return SelectedPython(found.path, version_text(found.version), origin)
     tried = [f"no python{'/'.join(HOST_VERSIONS)} with venv support on the host"]
     installers: tuple[tuple[str, Callable[[], None]], ...] = (
-        ("apt", lambda: try_apt(ctx)),
-        ("uv", lambda: try_uv(ctx, pip_args)),
+        ("apt", lambda: try_apt(run, state)),
+        ("uv", lambda: try_uv(run, pip_args)),
     )
     for source, install in installers:
         try:
@@ -261,7 +261,7 @@ def resolve(ctx: Context, pip_args: list[str]) -> SelectedPython:
         except NotInstalled as exc:
             tried.append(str(exc))
             continue
-        found = pick_host(find_on_host(ctx, host_candidates()))
+        found = pick_host(find_on_host(run, host_candidates()))
         if found is not None:
             return SelectedPython(found.path, version_text(found.version), source)
         tried.append(f"{source}: installed, but found no usable Python >= 3.10 after it")

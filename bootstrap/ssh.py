@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import IO
 
 import paramiko
-import tenacity
 
 from bootstrap.api import SshTarget
 from bootstrap.runner import (
@@ -34,6 +33,7 @@ from bootstrap.runner import (
     command_line,
     copy_stream,
 )
+from serving.polling import Retrying, retry
 
 # One human-readable line about what the connection is doing (waiting, retrying).
 StatusCallback = Callable[[str], None]
@@ -41,6 +41,16 @@ StatusCallback = Callable[[str], None]
 # refusals are normal, this many in a row are not.
 AUTH_ATTEMPTS = 4
 BACKOFF_MAX_S = 15.0
+# One attempt: TCP connect, then the banner, then authentication, each this long at most.
+CONNECT_TIMEOUT_S = 10.0
+# SSH silent this long: say (once) who the firewall admits and how to change that, then keep
+# waiting. A VM boots well within it; a firewall that admits another address never answers.
+SILENT_WARNING_S = 60.0
+# Said when the caller knows nothing about the firewall in front of the host.
+GENERIC_FIREWALL_HINT = (
+    "check that the host is running and that whatever filters its traffic (a cloud firewall rule "
+    "or security group, the host's own firewall) admits SSH from this machine's public address"
+)
 
 
 class SshError(RunnerError):
@@ -116,6 +126,15 @@ _NOT_UP_YET = (
 )
 
 
+def silence_line(target: SshTarget, silent_s: float, wait_timeout_s: float) -> str:
+    """One line for an SSH port that has not answered for a while: who may get in, what to do."""
+    hint = target.firewall_hint or GENERIC_FIREWALL_HINT
+    return (
+        f"SSH on {target.host}:{target.port} has not answered for {silent_s:.0f} s: {hint}; "
+        f"still waiting (up to {wait_timeout_s:.0f} s in all)"
+    )
+
+
 def _describe(exc: BaseException | None) -> str:
     if isinstance(exc, paramiko.AuthenticationException):
         return "key refused (the host may still be installing it)"
@@ -137,12 +156,20 @@ class Connection:
         *,
         wait_timeout_s: float,
         status: StatusCallback | None = None,
-        connect_timeout_s: float = 10.0,
+        connect_timeout_s: float | None = None,
+        silent_warning_s: float | None = None,
     ) -> Connection:
-        """Connect, waiting with backoff until the host accepts SSH or time runs out."""
+        """Connect, waiting with backoff until the host accepts SSH or time runs out.
+
+        After `silent_warning_s` (default SILENT_WARNING_S) without an answer, one status
+        line says who the firewall admits (`target.firewall_hint`); the wait goes on."""
         pkey = load_private_key(target)
         known_hosts = Path(target.known_hosts).expanduser()
         auth_failures = 0
+        started = time.monotonic()
+        silent_after = SILENT_WARNING_S if silent_warning_s is None else silent_warning_s
+        attempt_s = CONNECT_TIMEOUT_S if connect_timeout_s is None else connect_timeout_s
+        said_silent = False
 
         def connect() -> paramiko.SSHClient:
             client = paramiko.SSHClient()
@@ -155,9 +182,9 @@ class Connection:
                     port=target.port,
                     username=target.user,
                     pkey=pkey,
-                    timeout=connect_timeout_s,
-                    banner_timeout=connect_timeout_s,
-                    auth_timeout=connect_timeout_s,
+                    timeout=attempt_s,
+                    banner_timeout=attempt_s,
+                    auth_timeout=attempt_s,
                     allow_agent=False,
                     look_for_keys=False,
                 )
@@ -175,22 +202,31 @@ class Connection:
                 return auth_failures < AUTH_ATTEMPTS
             return isinstance(exc, _NOT_UP_YET)
 
-        def report(state: tenacity.RetryCallState) -> None:
-            if status and state.outcome is not None and state.next_action is not None:
-                status(
-                    f"waiting for SSH on {target.host}:{target.port} (attempt {state.attempt_number}: "
-                    f"{_describe(state.outcome.exception())}; retrying in {state.next_action.sleep:.0f} s)"
-                )
+        def report(attempt: Retrying) -> None:
+            nonlocal said_silent
+            if not status:
+                return
+            error = attempt.error
+            status(
+                f"waiting for SSH on {target.host}:{target.port} (attempt {attempt.attempt}: "
+                f"{_describe(error)}; retrying in {attempt.wait_s:.0f} s)"
+            )
+            silent_s = time.monotonic() - started
+            # A refused key means sshd answered: only silence points at the firewall.
+            answered = isinstance(error, paramiko.AuthenticationException)
+            if not said_silent and not answered and silent_s >= silent_after:
+                said_silent = True
+                status(silence_line(target, silent_s, wait_timeout_s))
 
-        retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_delay(wait_timeout_s),
-            wait=tenacity.wait_exponential(multiplier=1, max=BACKOFF_MAX_S),
-            retry=tenacity.retry_if_exception(worth_retrying),
-            before_sleep=report,
-            reraise=True,
-        )
         try:
-            client = retrying(connect)
+            client = retry(
+                connect,
+                timeout_s=wait_timeout_s,
+                every_s=1.0,
+                max_every_s=BACKOFF_MAX_S,
+                when=worth_retrying,
+                on_retry=report,
+            )
         except paramiko.BadHostKeyException as exc:
             name = known_hosts_name(target.host, target.port)
             raise HostKeyChangedError(

@@ -6,6 +6,9 @@ preprocess: each request's bytes -> RGB tensor, or a RequestError for that reque
 inference:  one forward pass per group of same-sized images, no autograd.
 postprocess: the JSON array the SynthDet Viewer parses, or a JSON error with
             its 4xx status set for that request only.
+
+TorchServe's own BaseHandler.handle runs the last three (and times them as
+the HandlerTime metric).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import io
+import json
 import logging
 import os
 import platform
@@ -29,6 +33,8 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from ts.torch_handler.base_handler import BaseHandler
 
 from handler.checkpoint import load_model
+from handler.cpu_features import CpuFeatures, CpuPlan, choose_precision, detect
+from handler.cpu_paths import prepare_for_cpu, stage_autocast
 from handler.detections import Detection, to_contract, to_json
 from handler.errors import CorruptImage, InferenceFailed, RequestError
 from handler.imaging import decode_image, jpeg_for_gpu, request_bytes, to_tensor
@@ -54,6 +60,8 @@ class SynthDetHandler(BaseHandler):  # type: ignore[misc]
         self.settings = HandlerSettings()
         self.names: list[str] = []
         self.memory_ceiling: float | None = None  # set by the warm-up, else by the first batch
+        self.cpu: CpuFeatures | None = None  # on a CPU worker: what the CPU has
+        self.cpu_plan: CpuPlan | None = None  # and the precision chosen for it, with why
 
     # -- initialize ---------------------------------------------------------
     def initialize(self, context: Any) -> None:
@@ -63,14 +71,18 @@ class SynthDetHandler(BaseHandler):  # type: ignore[misc]
         self.device = self._pick_device(properties.get("gpu_id"))
         _keep_freed_memory()
         if self.device.type == "cpu":
-            _share_cores(getattr(context, "model_yaml_config", None))
+            self.cpu = detect()
+            self.cpu_plan = choose_precision(self.settings.precision, self.cpu)
+            _share_cores(getattr(context, "model_yaml_config", None), self.cpu.physical_cores)
         label_map = model_dir / LABEL_MAP_FILE
         self.names = load_label_names(label_map if label_map.exists() else DEFAULT_LABEL_MAP)
         checkpoint = model_dir / self._serialized_file(context)
         started = time.perf_counter()
         model = load_model(checkpoint, len(self.names), self.settings.score_threshold)
         self.model = model.to(self.device)
-        if self._wants_channels_last():
+        if self.cpu_plan is not None:
+            self._prepare_for_cpu(self.cpu_plan)
+        elif self._wants_channels_last():
             self.model.backbone.to(memory_format=torch.channels_last)
         self.gpu_jpeg = False
         if self.device.type == "cuda":
@@ -85,16 +97,35 @@ class SynthDetHandler(BaseHandler):  # type: ignore[misc]
             self.device,
             len(self.names),
             time.perf_counter() - started,
-            self.settings.precision,
+            self.precision,
             torch.get_num_threads(),
             "GPU" if self.gpu_jpeg else "CPU",
         )
+        if self.cpu is not None and self.cpu_plan is not None:
+            # The path a CPU worker chose and why, with what the CPU has: one line to read.
+            log = logger.warning if self.cpu_plan.warning else logger.info
+            log("CPU path: %s; CPU: %s", self.cpu_plan.reason, self.cpu.describe())
+
+    @property
+    def precision(self) -> str:
+        """The precision this worker runs (a CPU may fall back from the setting)."""
+        return self.cpu_plan.precision if self.cpu_plan is not None else self.settings.precision
+
+    def _prepare_for_cpu(self, plan: CpuPlan) -> None:
+        """BatchNorm folded, channels_last, NCHW RoIAlign input (handler/cpu_paths.py):
+        the same detections as the reference up to float rounding (matched box by box in
+        the tests), faster. `channels_last: false` leaves the model exactly as loaded
+        (bit-identical to the reference); bf16 then only adds its per-stage autocast.
+        """
+        if self.settings.channels_last:
+            prepare_for_cpu(self.model, plan.precision)
+        elif plan.precision == "bf16":
+            stage_autocast(self.model, torch.bfloat16)
 
     def _wants_channels_last(self) -> bool:
         """channels_last changes only the order of float additions inside convolutions.
 
-        On CPU the oneDNN kernels run it about 1.2x faster (detections equal up to
-        rounding: tests/support/reference.py proves it box by box). On GPU tensor
+        On CPU it is part of the prepared path (_prepare_for_cpu). On GPU tensor
         cores read it natively with fp16/bf16; fp32 keeps cuDNN's default layout.
         """
         if not self.settings.channels_last:
@@ -131,9 +162,51 @@ class SynthDetHandler(BaseHandler):  # type: ignore[misc]
         return bool(sizes)
 
     # -- the request path -----------------------------------------------------
-    def handle(self, data: list[Mapping[str, Any]], context: Any) -> list[str]:
-        self.context = context
-        return self.postprocess(self.inference(self.preprocess(data)))
+    # BaseHandler.handle runs preprocess -> inference -> postprocess and adds what
+    # TorchServe expects of every handler: the HandlerTime metric, the profiler
+    # (ENABLE_TORCH_PROFILER) and describe. A bad request travels through the three
+    # as a RequestError value, so it gets its own 4xx and its batch is untouched.
+    def _is_describe(self) -> bool:
+        """TorchServe's describe job (management API, `?customized=true`) always runs alone.
+
+        BaseHandler reads the header of a batch's first request only: a client's own
+        `describe` header on a prediction batched with others must not turn the
+        whole batch's answer into one description.
+        """
+        return bool(super()._is_describe()) and len(self.context.request_ids or {}) == 1
+
+    def _is_explain(self) -> bool:
+        """No explanations (nothing answers them): every request is a prediction.
+
+        Also decided by the batch's first request alone, so it could change the
+        answer of every other request in the batch.
+        """
+        return False
+
+    def describe_handle(self) -> str:
+        """What this worker serves, for `GET /models/NAME?customized=true` (a JSON object)."""
+        return json.dumps(
+            {
+                "classes": self.names[1:],  # index 0 is the background class
+                "device": str(self.device),
+                "gpu_jpeg_decode": self.gpu_jpeg,
+                "channels_last": self._wants_channels_last(),
+                "precision": self.precision,
+                "cpu": self._describe_cpu(),
+                "settings": self.settings.to_yaml(),
+            }
+        )
+
+    def _describe_cpu(self) -> dict[str, Any] | None:
+        if self.cpu is None or self.cpu_plan is None:
+            return None
+        return {
+            "model": self.cpu.model,
+            "flags": list(self.cpu.reported),
+            "physical_cores": self.cpu.physical_cores,
+            "torch_threads": torch.get_num_threads(),
+            "path": self.cpu_plan.reason,
+        }
 
     def preprocess(self, data: Sequence[Mapping[str, Any]]) -> list[torch.Tensor | RequestError]:
         return [self._decode(request) for request in data]
@@ -210,11 +283,14 @@ class SynthDetHandler(BaseHandler):  # type: ignore[misc]
             return list(self.model(batch))
 
     def _autocast(self) -> AbstractContextManager[Any]:
-        precision = self.settings.precision
-        if precision == "fp16" and self.device.type == "cuda":
+        """GPU: fp16/bf16 autocast around the whole pass. A CPU's bf16 is per stage,
+        inside the model (handler/cpu_paths.py): no context here."""
+        if self.device.type != "cuda":
+            return nullcontext()
+        if self.settings.precision == "fp16":
             return torch.autocast("cuda", dtype=torch.float16)
-        if precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        if self.settings.precision == "bf16":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
         return nullcontext()
 
     def postprocess(self, data: Sequence[Mapping[str, torch.Tensor] | RequestError]) -> list[str]:
@@ -275,17 +351,19 @@ def _trim_heap() -> None:
             ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def _share_cores(config: Mapping[str, Any] | None) -> None:
-    """CPU workers split the cores: torch would start one thread per core in every worker.
+def _share_cores(config: Mapping[str, Any] | None, physical_cores: int) -> None:
+    """Intra-op threads = this worker's share of the physical cores.
 
-    TorchServe sets no thread count (only its torchrun mode does); an operator's
-    OMP_NUM_THREADS wins.
+    One frame scales near-linearly with cores (measured on 2 cores: 1 thread
+    3.56 s, 2 threads 1.74 s), and a hyperthread shares its core's vector units,
+    so threads beyond the physical cores add contention, not speed. TorchServe
+    sets no thread count (only its torchrun mode does), so without this every
+    worker would start one thread per logical CPU. An operator's OMP_NUM_THREADS wins.
     """
     if "OMP_NUM_THREADS" in os.environ:
         return
     workers = int((config or {}).get("minWorkers") or 1)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    torch.set_num_threads(max(1, cores // workers))
+    torch.set_num_threads(max(1, physical_cores // workers))
 
 
 def _gpu_jpeg_available(device: torch.device) -> bool:

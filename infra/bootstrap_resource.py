@@ -5,6 +5,9 @@
   serving settings) or a deploy option changed, "replace" when it is another
   host (a new instance, address, user or port);
 - update: deploy again (the bootstrap is idempotent: unchanged steps are skipped);
+- create/update on a stack's cloud VM that is not running (stopped by idle stop,
+  say) fail at once with one line (`synthdet wake`), read from the cloud's API
+  (infra/power.py), instead of waiting SSH's whole timeout in silence;
 - delete: undeploy, but a host that is gone or unreachable is not an error
   (the VM is often deleted right after, or was already).
 
@@ -32,12 +35,22 @@ if TYPE_CHECKING:
     from serving.models import ModelSpec
 
 # A change in one of these means another machine: deploy there, undeploy here.
-REPLACE_KEYS = ("host", "port", "user", "instance_id")
+# `machine_id`: the cloud's instance id, or `user@host:port` for an existing machine.
+REPLACE_KEYS = ("host", "port", "user", "machine_id")
+# Stacks deployed before a key was renamed keep the old name in their state: read it
+# under the new one, so that the rename alone is no change (no redeploy, no new cert).
+RENAMED_KEYS = {"instance_id": "machine_id"}
 # A change in one of these means the same machine needs a redeploy.
 UPDATE_KEYS = ("fingerprints", "options", "url_secret", "private_key")
 SECRET_OUTPUTS = ["private_key", "url_secret", "endpoint", "endpoints"]
 # `pulumi destroy` of a host that is gone must not wait long for SSH.
 DELETE_SSH_WAIT_S = 30.0
+# The VM states (infra/power.py's words) in which SSH cannot answer until someone starts it.
+NOT_RUNNING = ("stopped", "stopping", "suspended")
+
+
+class VmNotRunning(Exception):
+    """The stack's VM is stopped (or gone): the message is one line, with what to do."""
 
 
 def plain(value: Any) -> Any:
@@ -58,9 +71,18 @@ def _unknown(value: Any) -> bool:
     )
 
 
+def renamed(props: Mapping[str, Any]) -> dict[str, Any]:
+    """State props with every key under its current name (see RENAMED_KEYS)."""
+    props = dict(props)
+    for old, new in RENAMED_KEYS.items():
+        if old in props and new not in props:
+            props[new] = props.pop(old)
+    return props
+
+
 def diff_props(olds: Mapping[str, Any], news: Mapping[str, Any]) -> dyn.DiffResult:
     """What changed between the deployed state and the wanted one (pure, unit-tested)."""
-    olds, news = plain(olds), plain(news)
+    olds, news = renamed(plain(olds)), plain(news)
 
     def changed(key: str) -> bool:
         return _unknown(news.get(key)) or olds.get(key) != news.get(key)
@@ -82,6 +104,8 @@ def ssh_target(props: Mapping[str, Any]) -> SshTarget:
     kwargs: dict[str, Any] = {}
     if props.get("known_hosts"):
         kwargs["known_hosts"] = Path(props["known_hosts"]).expanduser()
+    if props.get("ssh_hint"):
+        kwargs["firewall_hint"] = props["ssh_hint"]
     return SshTarget(
         host=props["host"],
         user=props["user"],
@@ -115,6 +139,7 @@ def result_outputs(props: Mapping[str, Any], result: DeployResult) -> dict[str, 
         "cert_sha256": result.cert_sha256,
         "public_address": result.public_address,
         "host_facts": {k: v for k, v in result.host.items() if v is not None},
+        "certificate": dict(result.certificate),
         "steps": [[name, bool(changed)] for name, changed in result.steps],
     }
 
@@ -126,6 +151,34 @@ def _log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
+def vm_not_running(props: Mapping[str, Any]) -> str | None:
+    """One line when the stack's cloud VM cannot answer SSH (stopped, gone); None otherwise.
+
+    Asks the cloud's API only where the program named a VM of the stack's (`cloud_vm`; not
+    an existing machine) and only here, in create/update: never in a preview, nor under the
+    test mocks, whose resources never reach a provider. A look-up that fails (no
+    credentials, offline) stops nothing: SSH's own wait and hint follow."""
+    vm = props.get("cloud_vm")
+    if not isinstance(vm, Mapping) or not vm or _unknown(vm):
+        return None
+    from infra.power import vm_state
+
+    try:
+        state = vm_state(vm)
+    except Exception as exc:  # noqa: BLE001 - a check must never be what fails a deploy
+        _log(f"synthdet bootstrap: the VM's state is unknown ({exc}); connecting anyway")
+        return None
+    stack = props.get("stack") or "NAME"
+    if state.state in NOT_RUNNING:
+        return (
+            f"the VM is {state.state} (idle stop?): `synthdet wake --stack {stack}`, then rerun "
+            f"({state.where}: {state.cloud_state})"
+        )
+    if state.state == "gone":
+        return f"the VM is gone ({state.where}): `pulumi up --refresh --stack {stack}` makes a new one"
+    return None
+
+
 class BootstrapProvider(dyn.ResourceProvider):
     """CRUD for one deployment on one host; every method works from the props alone."""
 
@@ -135,7 +188,7 @@ class BootstrapProvider(dyn.ResourceProvider):
     def create(self, props: dict[str, Any]) -> dyn.CreateResult:
         props = plain(props)
         result = self._deploy(props)
-        return dyn.CreateResult(id_=props["instance_id"], outs=result_outputs(props, result))
+        return dyn.CreateResult(id_=props["machine_id"], outs=result_outputs(props, result))
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> dyn.DiffResult:
         return diff_props(olds, news)
@@ -148,16 +201,23 @@ class BootstrapProvider(dyn.ResourceProvider):
         from bootstrap.deploy import undeploy
 
         props = plain(props)
+        stopped = vm_not_running(props)
+        if stopped is not None:  # nothing answers SSH there: the VM goes, or keeps its files
+            _log(f"synthdet bootstrap: undeploy on {props.get('host')} skipped: {stopped}")
+            return
         try:
             undeploy(ssh_target(props), deploy_options(props, deleting=True))
         except Exception as exc:  # noqa: BLE001 - a gone VM must not block `pulumi destroy`
             _log(f"synthdet bootstrap: undeploy on {props.get('host')} skipped ({type(exc).__name__}: {exc})")
 
     def _deploy(self, props: dict[str, Any]) -> DeployResult:
-        from bootstrap.api import LineProgress
+        from bootstrap.api import LineReporter
         from bootstrap.deploy import deploy
 
-        progress = LineProgress(_log, "synthdet bootstrap: ")
+        stopped = vm_not_running(props)
+        if stopped is not None:
+            raise VmNotRunning(stopped)
+        progress = LineReporter(_log, "synthdet bootstrap: ")
         return deploy(ssh_target(props), model_specs(props), deploy_options(props), progress)
 
 
@@ -165,15 +225,23 @@ class BootstrapProvider(dyn.ResourceProvider):
 class BootstrapArgs:
     """What the resource deploys where; Output-valued fields are resolved by Pulumi."""
 
-    host: pulumi.Input[str]
+    host: pulumi.Input[str]  # the IP address or DNS name to SSH to (and the certificate's)
     user: str
     private_key: pulumi.Input[str]  # secret
-    instance_id: pulumi.Input[str]
+    # What identifies the machine (`Host.machine_id`): a change means another machine.
+    machine_id: pulumi.Input[str]
     models: list[ModelSpec]
     options: DeployOptions  # without the URL secret (passed apart, as a secret)
     url_secret: pulumi.Input[str]  # secret
     port: int = 22
     known_hosts: pulumi.Input[str] | None = None
+    # Who the firewall admits on SSH and how to change it (infra/ssh_access.py), said when
+    # SSH stays silent. Not a diff key: a changed address alone redeploys nothing.
+    ssh_hint: str = ""
+    # Where the cloud's API finds the stack's VM (`Host.cloud_vm`; None: an existing machine),
+    # and the stack's name, to say at once that it is stopped. Not diff keys either.
+    cloud_vm: pulumi.Input[dict[str, str]] | None = None
+    stack: str = ""
 
     def props(self) -> dict[str, Any]:
         from serving.archive import archive_key
@@ -183,8 +251,11 @@ class BootstrapArgs:
             "port": self.port,
             "user": self.user,
             "private_key": pulumi.Output.secret(self.private_key),
-            "instance_id": self.instance_id,
+            "machine_id": self.machine_id,
             "known_hosts": self.known_hosts,
+            "ssh_hint": self.ssh_hint,
+            "cloud_vm": self.cloud_vm,
+            "stack": self.stack,
             "models": [m.to_dict() for m in self.models],
             # Computed here, on every preview: the plan shows "update" exactly when a
             # checkpoint, label map, the handler's source or the serving settings changed.
@@ -197,6 +268,7 @@ class BootstrapArgs:
             "cert_sha256": None,
             "public_address": None,
             "host_facts": None,
+            "certificate": None,
             "steps": None,
         }
 
@@ -209,6 +281,8 @@ class Bootstrap(dyn.Resource, module="synthdet", name="Bootstrap"):
     cert_sha256: pulumi.Output[str]
     public_address: pulumi.Output[str]
     host_facts: pulumi.Output[dict[str, str]]
+    # source (acme, self-signed, user), public (yes/no), note (issuer and expiry, or why not).
+    certificate: pulumi.Output[dict[str, str]]
 
     def __init__(self, name: str, args: BootstrapArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         opts = pulumi.ResourceOptions.merge(

@@ -21,8 +21,9 @@ from typing import Any, Literal
 import pulumi
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from bootstrap.api import DeployOptions, PipSource
-from bootstrap.steps.base import SERVICE_USER
+from bootstrap.api import ACME_PORT, LETS_ENCRYPT_DIRECTORY, DeployOptions, PipSource
+from bootstrap.steps.base import SERVICE_USER, TORCHSERVE_PORTS
+from infra.images import NO_GPU, supported_gpus
 from serving.models import ModelSpec
 from serving.settings import ServingSettings
 
@@ -34,9 +35,6 @@ PROJECT_DIR = Path(__file__).resolve().parents[1]
 Cloud = Literal["gcp", "aws", "ssh"]
 SELF_CIDR = "self"  # in sshAllowedCidrs: this machine's public IPv4 address, /32
 ANYWHERE = {"0.0.0.0/0", "::/0"}
-# TorchServe's inference, management and metrics ports (HTTP and gRPC): only
-# nginx on the public port may face the network.
-TORCHSERVE_PORTS = frozenset({7070, 7071, 8080, 8081, 8082})
 
 # A lowercase DNS name with a dot (the load balancer's managed certificate names it).
 DOMAIN_PATTERN = re.compile(r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
@@ -44,11 +42,21 @@ DOMAIN_PATTERN = re.compile(r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63
 DEFAULT_GCP_ZONE = "us-central1-a"  # has T4s (as do us-central1-b/c/f)
 DEFAULT_AWS_REGION = "us-east-1"  # has g3s and g4dn
 
-# Machine sizes when `synthdet:machineType` is empty.
+# Machine sizes when `synthdet:machineType` is empty. Without a GPU: current Intel Xeons with
+# AMX (bf16/int8 matrix units): c3 is Sapphire Rapids, c7i Sapphire Rapids; 8 vCPUs each.
 DEFAULT_MACHINE_TYPES: dict[tuple[str, str], str] = {
     ("gcp", "t4"): "n1-standard-4",
     ("aws", "t4"): "g4dn.xlarge",
     ("aws", "m60"): "g3s.xlarge",
+    ("gcp", NO_GPU): "c3-standard-8",
+    ("aws", NO_GPU): "c7i.2xlarge",
+}
+# Machine types that come with GPUs of their own: with gpu none the plain image has no
+# driver, so they would serve on CPU at GPU prices. GCP: the series (before the first '-');
+# AWS: the family's letters (g4dn.xlarge -> g).
+GPU_MACHINE_FAMILIES: dict[str, frozenset[str]] = {
+    "gcp": frozenset({"a2", "a3", "a4", "g2", "g4"}),
+    "aws": frozenset({"g", "p", "vt", "inf", "trn", "dl"}),
 }
 
 
@@ -94,6 +102,13 @@ class StackConfig(BaseModel):
     requests_per_replica: int = Field(6, alias="requestsPerReplica", ge=1, le=1000)
     domain: str = ""
     replica_zones: tuple[str, ...] = Field((), alias="replicaZones")
+    # AWS: the single host's zone (empty: EC2 picks); `synthdet up` moves it on a stockout.
+    availability_zone: str = Field("", alias="availabilityZone")
+    # A single host's certificate from an ACME CA for its static IP (bootstrap/steps/acme.py);
+    # fleets serve the balancer's certificate instead.
+    acme: bool = True
+    acme_email: str = Field("", alias="acmeEmail")
+    acme_directory: str = Field(LETS_ENCRYPT_DIRECTORY, alias="acmeDirectory")
 
     @field_validator("endpoint_cidrs", "ssh_allowed_cidrs")
     @classmethod
@@ -110,8 +125,14 @@ class StackConfig(BaseModel):
     @field_validator("public_port")
     @classmethod
     def _public_port(cls, port: int) -> int:
+        # TorchServe's ports on the host (defined once, where the host layout is): nginx
+        # on the public port cannot share one, and only nginx may face the network.
         if port in TORCHSERVE_PORTS or port == 22:
-            raise ValueError(f"port {port} is reserved (SSH or TorchServe's own ports, which stay private)")
+            reserved = ", ".join(str(p) for p in sorted(TORCHSERVE_PORTS))
+            raise ValueError(
+                f"port {port} is reserved (22 is SSH; {reserved} are TorchServe's own ports on the "
+                "host, which stay private); pick another, e.g. 443 or 8443"
+            )
         return port
 
     @field_validator("domain")
@@ -119,6 +140,13 @@ class StackConfig(BaseModel):
     def _domain(cls, value: str) -> str:
         if value and (len(value) > 253 or not DOMAIN_PATTERN.match(value)):
             raise ValueError(f"{value!r} is not a DNS name (e.g. synthdet.example.com)")
+        return value
+
+    @field_validator("acme_directory")
+    @classmethod
+    def _acme_directory(cls, value: str) -> str:
+        if not value.startswith("https://"):
+            raise ValueError(f"{value!r} is not an https:// URL of an ACME directory")
         return value
 
     @field_validator("serving")
@@ -155,10 +183,14 @@ class StackConfig(BaseModel):
         """What the bootstrap needs from this stack (the URL secret and addresses come later)."""
         return DeployOptions(
             public_port=self.public_port,
+            acme=self.uses_acme,
+            acme_email=self.acme_email or None,
+            acme_directory=self.acme_directory,
             pip=self.pip_source(),
             serving=self.serving_settings,
             torch_index_url=self.torch_index_url or None,
             torch_version=self.torch_version or None,
+            idle_stop_minutes=self.idle_stop_minutes,
             **overrides,
         )
 
@@ -180,8 +212,18 @@ class StackConfig(BaseModel):
                 "set synthdet:machineType"
             ) from None
 
+    @property
+    def has_gpu(self) -> bool:
+        """False for a CPU stack (`synthdet:gpu: none`): plain OS image, CPU torch."""
+        return self.gpu != NO_GPU
+
     def ssh_open_to_world(self) -> bool:
         return any(c in ANYWHERE for c in self.ssh_allowed_cidrs)
+
+    @property
+    def uses_acme(self) -> bool:
+        """ACME for the host's certificate: asked for, and one host (not a fleet)."""
+        return self.acme and not self.behind_load_balancer
 
     @property
     def behind_load_balancer(self) -> bool:
@@ -255,6 +297,7 @@ def _explain(exc: ValidationError) -> str:
 
 
 def _check_cloud_keys(stack: StackConfig) -> None:
+    _check_gpu_keys(stack)
     if stack.behind_load_balancer and stack.cloud == "ssh":
         raise ConfigError("synthdet:replicas/maxReplicas need a cloud (gcp or aws), not the ssh stack")
     if stack.behind_load_balancer and stack.gpu == "m60":
@@ -263,12 +306,26 @@ def _check_cloud_keys(stack: StackConfig) -> None:
             "the replicas' unattended bootstrap, so every instance would fail its health check and be "
             "replaced forever while billing. Use gpu t4 for replicas, or one m60 host (replicas: 1)."
         )
+    if stack.idle_stop_minutes and stack.behind_load_balancer:
+        raise ConfigError(
+            "synthdet:idleStopMinutes powers off a single host; a fleet does not power off: when "
+            "quiet, its autoscaler scales it down to its minimum, synthdet:replicas instances "
+            "(with maxReplicas above it), which is what hourly_cost_usd says it costs. Remove "
+            "idleStopMinutes, lower synthdet:replicas, or `pulumi destroy` a fleet nobody uses."
+        )
     if stack.cloud == "aws" and stack.spot and stack.idle_stop_minutes:
         raise ConfigError(
             "synthdet:idleStopMinutes cannot be used with synthdet:spot on AWS: the stack's spot "
-            "instance comes from a one-time request, which AWS does not let an alarm stop, so the "
-            "idle instance would keep billing. Drop idleStopMinutes (spot is already cheap), or "
-            "set spot: false to have an on-demand instance stopped when idle."
+            "instance comes from a one-time request, and AWS terminates (not stops) a one-time spot "
+            "instance that powers itself off: its disk would be deleted and the next `pulumi up` "
+            "would have to make a new one. Drop idleStopMinutes (spot is already cheap), or set "
+            "spot: false to have an on-demand instance stopped when idle."
+        )
+    if stack.uses_acme and stack.public_port != ACME_PORT:
+        raise ConfigError(
+            f"synthdet:acme needs synthdet:publicPort {ACME_PORT}: the CA validates the host on port "
+            f"{ACME_PORT} (TLS-ALPN-01). Set publicPort {ACME_PORT}, or acme false to serve a "
+            f"self-signed certificate on {stack.public_port}"
         )
     if stack.ssh_user == SERVICE_USER:
         raise ConfigError(
@@ -288,6 +345,46 @@ def _check_cloud_keys(stack: StackConfig) -> None:
         ]
         if missing:
             raise ConfigError(f"the ssh stack needs {', '.join(missing)}")
+
+
+def machine_family(cloud: str, machine_type: str) -> str:
+    """GCP: the series (c3-standard-8 -> c3); AWS: the family's letters (c7i.2xlarge -> c)."""
+    if cloud == "aws":
+        letters = re.match(r"[a-z]+", machine_type)
+        return letters.group(0) if letters else ""
+    return machine_type.split("-", 1)[0]
+
+
+def _check_gpu_keys(stack: StackConfig) -> None:
+    """synthdet:gpu must exist on the cloud, and a CPU stack must not ask for GPUs."""
+    if stack.cloud == "ssh":  # the existing host has what it has; the bootstrap finds out
+        return
+    offered = supported_gpus(stack.cloud)
+    if stack.gpu not in (*offered, NO_GPU):
+        raise ConfigError(
+            f"synthdet:gpu {stack.gpu!r} is not offered on {stack.cloud}: use "
+            f"{' or '.join(offered)}, or {NO_GPU!r} (no GPU: a CPU machine, which needs no GPU quota)"
+        )
+    if stack.has_gpu:
+        return
+    if stack.gpu_count != 1:
+        raise ConfigError(
+            f"synthdet:gpuCount {stack.gpu_count} with synthdet:gpu {NO_GPU!r}: a CPU stack attaches no "
+            f"GPU; remove gpuCount, or pick a GPU (synthdet:gpu {offered[-1]})"
+        )
+    machine = stack.resolved_machine_type()
+    if machine_family(stack.cloud, machine) in GPU_MACHINE_FAMILIES[stack.cloud]:
+        raise ConfigError(
+            f"synthdet:machineType {machine} comes with GPUs, but synthdet:gpu is {NO_GPU!r}: the "
+            "plain image has no NVIDIA driver, so it would serve on CPU at GPU prices. Use a CPU "
+            f"machine type (default {DEFAULT_MACHINE_TYPES[(stack.cloud, NO_GPU)]}), or a GPU stack"
+        )
+    if stack.behind_load_balancer:
+        raise ConfigError(
+            f"synthdet:replicas/maxReplicas with synthdet:gpu {NO_GPU!r}: replicas without a GPU "
+            "are not supported yet (their boot settings and startup script assume a GPU image). "
+            "Serve from one CPU host (replicas: 1), or use GPU replicas"
+        )
 
 
 def read_provider_settings() -> ProviderSettings:

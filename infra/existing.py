@@ -31,19 +31,15 @@ class ExistingHostArgs:
 
 class ExistingHost(pulumi.ComponentResource):
     host: Host
-    public_ip: pulumi.Output[str]
-    instance_id: pulumi.Output[str]
 
     def __init__(self, name: str, args: ExistingHostArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("synthdet:index:ExistingHost", name, None, opts)
         key_path = resolve_path(args.key_path)
         private_text, _ = read_key_file(key_path)
-        self.public_ip = pulumi.Output.from_input(args.host)
-        # No cloud id: the login is what identifies the machine (a change redeploys).
-        self.instance_id = pulumi.Output.from_input(f"{args.user}@{args.host}:{args.port}")
+        # No cloud id: the login is what identifies the machine (Host.machine_id).
         self.host = Host(
-            public_ip=self.public_ip,
-            instance_id=self.instance_id,
+            address=pulumi.Output.from_input(args.host),
+            instance_id=None,
             ssh_user=args.user,
             ssh_port=args.port,
             ssh_private_key=pulumi.Output.secret(private_text),
@@ -53,7 +49,7 @@ class ExistingHost(pulumi.ComponentResource):
             hourly_cost_usd=None,
             ready=[self],
         )
-        self.register_outputs({"public_ip": self.public_ip, "instance_id": self.instance_id})
+        self.register_outputs({"address": self.host.address})
 
 
 def build_host(settings: Settings) -> Host:

@@ -4,8 +4,10 @@ A fleet is N GPU instances behind the cloud's own HTTPS load balancer. Each
 instance bootstraps itself at boot (the startup script runs the same deploy
 steps as the SSH path, from a private bucket the stack fills) and serves
 nginx + TorchServe on the instance port, reachable only from the balancer.
-The balancer terminates TLS for the phone and routes only the secret's paths;
-its health checks use a path without the secret (`LB_HEALTH_PATH`).
+The balancer terminates TLS for the phone and forwards every path: it never
+knows the URL secret (a cloud keeps resource configuration in plain and in its
+audit logs); nginx on each instance checks it, as on a single host. Health
+checks use a path without the secret (`LB_HEALTH_PATH`).
 """
 
 from __future__ import annotations
@@ -39,9 +41,9 @@ class Fleet:
 
     # https://ADDRESS[:PORT]: the balancer's URL without a path.
     base_url: pulumi.Output[str]
-    # The balancer's address: an IP on GCP, a DNS name on AWS.
-    public_ip: pulumi.Output[str]
-    # The instance group / Auto Scaling group.
+    # The balancer's address: an IP on GCP, a DNS name on AWS (an ALB's IPs change).
+    address: pulumi.Output[str]
+    # The managed instance group (GCP) / the Auto Scaling group's name (AWS).
     group_id: pulumi.Output[str]
     # The balancer's certificate fingerprint (None with a cloud-managed certificate).
     cert_sha256: pulumi.Output[str | None]
@@ -149,9 +151,9 @@ def check_fleet_settings(settings: Settings) -> None:
     """What a fleet's config leaves open: single-host keys (warned), a torch nobody pinned
     (refused: replicas must boot what was chosen, not what the index serves that day)."""
     stack = settings.stack
-    for key, value in (("maxRunHours", stack.max_run_hours), ("idleStopMinutes", stack.idle_stop_minutes)):
-        if value:
-            pulumi.log.warn(f"synthdet:{key} applies to the single host only, not to replicas")
+    # (idleStopMinutes is refused for fleets by the config: they scale to their minimum.)
+    if stack.max_run_hours:
+        pulumi.log.warn("synthdet:maxRunHours applies to the single host only, not to replicas")
     if stack.cloud == "ssh":  # refused for fleets by the config already
         return
     image = select_image(stack.cloud, stack.gpu)

@@ -32,8 +32,11 @@ def safe_file_name(*parts: str) -> str:
 class Host:
     """A reachable machine: where to SSH, as whom, with which key, and what it costs."""
 
-    public_ip: pulumi.Output[str]
-    instance_id: pulumi.Output[str]
+    # The IP address or DNS name SSH and the endpoint use: a cloud VM's static public
+    # IP; for an existing machine, the name or address configured (sshHost).
+    address: pulumi.Output[str]
+    # The cloud's id of the VM; None for an existing machine (no cloud made it).
+    instance_id: pulumi.Output[str] | None
     ssh_user: str
     ssh_port: int
     # Secret: the private key (OpenSSH or PEM text) the bootstrap logs in with.
@@ -49,6 +52,20 @@ class Host:
     # A known_hosts file of the instance's own (a new VM behind the same IP has new
     # host keys); None: the user's default file (an existing machine keeps its keys).
     known_hosts: pulumi.Output[str] | None = None
+    # Where the cloud's own API finds the VM to read its state and start it (`synthdet wake`,
+    # `synthdet status`): {"cloud": "gcp", "project", "zone", "name"} or {"cloud": "aws",
+    # "region", "instance_id", "profile"}. None: no cloud VM of ours (an existing machine).
+    cloud_vm: pulumi.Output[dict[str, str]] | None = None
+    # Dollars per hour while the VM is stopped (disk and address); None: unknown or not ours.
+    stopped_hourly_cost_usd: float | None = None
+
+    @property
+    def machine_id(self) -> pulumi.Output[str]:
+        """What tells the bootstrap it is another machine: the cloud's instance id, else the
+        SSH login `user@address:port` (an existing machine has no id of ours)."""
+        if self.instance_id is not None:
+            return self.instance_id
+        return self.address.apply(lambda a: f"{self.ssh_user}@{a}:{self.ssh_port}")
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,10 @@ So: the M60 gets the last Ubuntu DLAMI line with a proprietary (R535-class)
 driver plus torch cu126; the T4 gets a current image (R580+ driver) and
 whatever current torch build fits the driver. The table is data, so a test
 can check every row against those rules.
+
+Without a GPU (`synthdet:gpu: none`, the CPU stacks) there is no driver to
+match: the host boots the cloud's plain Debian 12 image (the OS the bootstrap's
+test hosts run) and the bootstrap installs PyTorch's CPU build there.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from typing import Literal
 Cloud = Literal["gcp", "aws"]
 
 GCP_IMAGE_PROJECT = "deeplearning-platform-release"
+# `synthdet:gpu` of a stack without a GPU (the CPU stacks: a plain OS image, CPU torch).
+NO_GPU = "none"
 # AWS publishes the Deep Learning AMIs under the "amazon" owner alias
 # (account 898082745236); naming the alias keeps look-alike community AMIs out.
 AWS_AMI_OWNERS = ("amazon",)
@@ -157,6 +163,42 @@ IMAGES: dict[tuple[Cloud, str], ImageChoice] = {
 }
 
 
+# Without a GPU: the distribution's own image, nothing preinstalled. Debian 12 is what the
+# bootstrap's test hosts run (tests/testhost): Python 3.11, and apt has everything the
+# bootstrap installs (a JRE, nginx, nftables, python3-venv).
+CPU_IMAGES: dict[Cloud, ImageChoice] = {
+    "gcp": ImageChoice(
+        cloud="gcp",
+        gpu=NO_GPU,
+        # Google's public image project for Debian; the family names the newest Debian 12 image.
+        gcp_project="debian-cloud",
+        gcp_family="debian-12",
+        ssh_user="synthdet",
+        os="Debian 12",
+        torch_build="cpu",
+        note="Plain Debian 12: the bootstrap installs PyTorch's CPU build (about 200 MB).",
+    ),
+    "aws": ImageChoice(
+        cloud="aws",
+        gpu=NO_GPU,
+        # Debian's own AMIs (https://wiki.debian.org/Cloud/AmazonEC2Image): the account the
+        # Debian cloud team publishes from, so look-alike community AMIs are kept out.
+        ami_owners=("136693071363",),
+        ami_name="debian-12-amd64-*",
+        ssh_user="admin",
+        os="Debian 12",
+        torch_build="cpu",
+        note="Plain Debian 12: the bootstrap installs PyTorch's CPU build (about 200 MB).",
+    ),
+}
+
+
+def ami_filters(choice: ImageChoice) -> dict[str, list[str]]:
+    """The EC2 DescribeImages filters that find a line's AMIs: the program's look-up and
+    the pre-flight check's (infra/preflight.py) use these, so both find the same image."""
+    return {"name": [choice.ami_name or ""], "architecture": ["x86_64"], "state": ["available"]}
+
+
 class ImageSelectError(ValueError):
     """No image line for this cloud/GPU; the message lists what exists."""
 
@@ -166,12 +208,15 @@ def supported_gpus(cloud: Cloud) -> list[str]:
 
 
 def select_image(cloud: Cloud, gpu: str) -> ImageChoice:
-    """The image line for a GPU on a cloud (a pure table lookup)."""
+    """The image line for a GPU on a cloud, or the plain OS without one (a pure table lookup)."""
+    if gpu == NO_GPU:
+        return CPU_IMAGES[cloud]
     try:
         return IMAGES[(cloud, gpu)]
     except KeyError:
         raise ImageSelectError(
-            f"no image for GPU {gpu!r} on {cloud}: supported are {supported_gpus(cloud)}"
+            f"no image for GPU {gpu!r} on {cloud}: supported are {supported_gpus(cloud)} "
+            f"(or {NO_GPU!r}: no GPU, a plain OS image and CPU torch)"
         ) from None
 
 
@@ -196,10 +241,19 @@ def torch_build_fits(gpu: GpuModel, choice: ImageChoice) -> bool:
 
 def check_choice(choice: ImageChoice) -> list[str]:
     """Problems with a table row (empty when it is consistent)."""
-    problems = []
+    problems = _gpu_problems(choice) if choice.gpu != NO_GPU else _cpu_problems(choice)
+    if choice.cloud == "gcp" and not (choice.gcp_project and choice.gcp_family):
+        problems.append("a GCP image needs a project and a family")
+    if choice.cloud == "aws" and not (choice.ami_owners and choice.ami_name):
+        problems.append("an AWS image needs owners and a name filter")
+    return problems
+
+
+def _gpu_problems(choice: ImageChoice) -> list[str]:
     gpu = GPUS.get(choice.gpu)
     if gpu is None:
         return [f"unknown GPU {choice.gpu!r}"]
+    problems = []
     if not driver_supports(gpu, choice):
         problems.append(f"{choice.source}: driver R{choice.driver_branch} cannot drive a {gpu.name}")
     if not torch_build_fits(gpu, choice):
@@ -207,8 +261,14 @@ def check_choice(choice: ImageChoice) -> list[str]:
             f"{choice.source}: torch {choice.torch_build} does not fit {gpu.name} "
             f"(sm_{gpu.capability[0]}{gpu.capability[1]}) on R{choice.driver_branch}"
         )
-    if choice.cloud == "gcp" and not (choice.gcp_project and choice.gcp_family):
-        problems.append("a GCP image needs a project and a family")
-    if choice.cloud == "aws" and not (choice.ami_owners and choice.ami_name):
-        problems.append("an AWS image needs owners and a name filter")
+    return problems
+
+
+def _cpu_problems(choice: ImageChoice) -> list[str]:
+    """A row without a GPU: a plain image (no driver, no torch of its own), CPU torch serves."""
+    problems = []
+    if choice.torch_build != "cpu":
+        problems.append(f"{choice.source}: without a GPU torch is the cpu build, not {choice.torch_build}")
+    if choice.driver_branch or choice.open_kernel_modules or choice.carries_torch:
+        problems.append(f"{choice.source}: a plain OS image has no NVIDIA driver and no torch of its own")
     return problems

@@ -24,6 +24,8 @@ class Price(BaseModel):
 
     usd: float
     source: str
+    # When this entry was read, where that is not the table's `as_of`.
+    as_of: datetime.date | None = None
 
 
 # item (machine type, GPU, disk type) -> region -> price
@@ -38,6 +40,8 @@ class CloudPrices(BaseModel):
     gpu: PriceMap = {}
     disk_gb_month: PriceMap = {}
     static_ip: dict[str, Price] = {}
+    # The same address while its VM is stopped (GCP bills a reserved, unused one more).
+    static_ip_unused: dict[str, Price] = {}
     # The HTTPS load balancer of a scale-out stack, per hour (region or `any`).
     load_balancer: dict[str, Price] = {}
 
@@ -87,25 +91,34 @@ def _lookup(table: PriceMap, item: str, region: str) -> Price | None:
     return table.get(item, {}).get(region)
 
 
+def _add_disk(
+    est: Estimate, prices: PriceTable, cloud: CloudPrices, region: str, disk_gb: int, disk_type: str
+) -> None:
+    """A boot disk: priced per GB and month, billed by the hour."""
+    est.add(
+        f"{disk_gb} GB {disk_type}",
+        _lookup(cloud.disk_gb_month, disk_type, region),
+        disk_gb / prices.hours_per_month,
+    )
+
+
 def gcp_hourly(
     region: str,
     machine_type: str,
-    gpu_type: str,
+    gpu_type: str | None,
     gpu_count: int,
     disk_gb: int,
     disk_type: str = "pd-balanced",
     table: PriceTable | None = None,
 ) -> Estimate:
+    """Machine, GPUs (none when `gpu_type` is None: a CPU stack), boot disk and static IP."""
     prices = table or load_prices()
     gcp = prices.gcp
     est = Estimate(as_of=prices.as_of.isoformat())
     est.add(f"{machine_type} in {region}", _lookup(gcp.machine, machine_type, region))
-    est.add(f"{gpu_count} x {gpu_type} in {region}", _lookup(gcp.gpu, gpu_type, region), gpu_count)
-    est.add(
-        f"{disk_gb} GB {disk_type}",
-        _lookup(gcp.disk_gb_month, disk_type, region),
-        disk_gb / prices.hours_per_month,
-    )
+    if gpu_type is not None:
+        est.add(f"{gpu_count} x {gpu_type} in {region}", _lookup(gcp.gpu, gpu_type, region), gpu_count)
+    _add_disk(est, prices, gcp, region, disk_gb, disk_type)
     est.add("static IP", gcp.static_ip.get(ANY_REGION))
     return est
 
@@ -121,12 +134,21 @@ def aws_hourly(
     aws = prices.aws
     est = Estimate(as_of=prices.as_of.isoformat())
     est.add(f"{instance_type} in {region}", _lookup(aws.instance, instance_type, region))
-    est.add(
-        f"{disk_gb} GB {disk_type}",
-        _lookup(aws.disk_gb_month, disk_type, region),
-        disk_gb / prices.hours_per_month,
-    )
+    _add_disk(est, prices, aws, region, disk_gb, disk_type)
     est.add("Elastic IP", aws.static_ip.get(ANY_REGION))
+    return est
+
+
+def stopped_hourly(
+    cloud: str, region: str, disk_gb: int, disk_type: str, table: PriceTable | None = None
+) -> Estimate:
+    """A stopped VM (idle stop, maxRunHours, a stopped spot VM): its boot disk and static
+    address bill on; the machine and its GPUs do not."""
+    prices = table or load_prices()
+    items: CloudPrices = getattr(prices, cloud)
+    est = Estimate(as_of=prices.as_of.isoformat())
+    _add_disk(est, prices, items, region, disk_gb, disk_type)
+    est.add("static IP of a stopped VM", items.static_ip_unused.get(ANY_REGION))
     return est
 
 

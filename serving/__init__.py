@@ -2,7 +2,7 @@
 
 Settings (`settings`), the model archive (`archive`), TorchServe's
 `config.properties` (`torchserve_config`), certificates (`certs`), the
-endpoint URLs (`endpoint`), the phone client's contract (`contract`), the web
+endpoint URLs (`endpoint`) and their QR codes (`qr`), the phone client's contract (`contract`), the web
 viewer page (`viewer`) and the one inputs-hash helper (`inputs`). It imports
 the handler and nothing from `bootstrap/`, `synthdet/` or `infra/`, which all
 import it.

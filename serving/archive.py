@@ -49,6 +49,10 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SYNTHDET_CACHE") or Path.home() / ".cache" / "synthdet")
 
 
+# The cache's folder of built archives (`synthdet cache` lists and clears it).
+ARCHIVES_FOLDER = "archives"
+
+
 def handler_sources() -> list[Path]:
     """The handler files an archive carries: the one definition every hash agrees with."""
     return sorted(
@@ -216,7 +220,7 @@ def _files_sorted(root: Path) -> Iterator[Path]:
 
 def cached_archive(model: ModelSpec, serving: ServingSettings, archives_dir: Path | None = None) -> Path:
     """`<name>.mar` for these inputs, built once: the same key always means the same bytes."""
-    folder = (archives_dir or cache_dir() / "archives") / archive_key(model, serving)[:16]
+    folder = (archives_dir or cache_dir() / ARCHIVES_FOLDER) / archive_key(model, serving)[:16]
     target = folder / f"{model.name}.mar"
     if not target.is_file():
         build_archive(

@@ -23,6 +23,8 @@ from serving.endpoint import redact
 APP_CONTENT_TYPE = "image/jpg"  # sic: the app sends image/jpg, not image/jpeg
 APP_WIDTH = 1280
 APP_JPEG_QUALITY = 75
+# The app's deadline: an answer later than this is dropped (the frame shows nothing and
+# the app sends its next one). The one definition every verdict on latency uses.
 APP_TIMEOUT_S = 2.0
 # How TLS is checked: False accepts any certificate (as the app does); an SSLContext
 # pins one (serving.certs.pinned_context: what a deploy just installed).
@@ -57,6 +59,20 @@ class SmokeResult:
     status: int
     latency_ms: float
     detections: list[Detection]
+
+    @property
+    def in_time(self) -> bool:
+        """Within the app's deadline: the app would draw this answer."""
+        return self.latency_ms <= APP_TIMEOUT_S * 1000
+
+    def late_warning(self) -> str | None:
+        """What the app would do with an answer this slow, or None when it is in time."""
+        if self.in_time:
+            return None
+        return (
+            f"the answer took {self.latency_ms / 1000:.1f} s, past the app's {APP_TIMEOUT_S:g} s "
+            "deadline: the app would drop it, show nothing for that frame and send its next one"
+        )
 
 
 def make_test_jpeg(

@@ -33,6 +33,11 @@ def health_path(secret: str | None = None) -> str:
     return f"{_prefix(secret)}/ping"
 
 
+def idle_status_path(secret: str) -> str:
+    """A deployed host's idle-stop status (JSON; bootstrap/steps/idle_stop.py): not activity."""
+    return f"{_prefix(secret)}/idle-stop"
+
+
 def prediction_url(base: str, model: str, secret: str | None = None) -> str:
     return base.rstrip("/") + prediction_path(model, secret)
 
@@ -41,11 +46,15 @@ def health_url(base: str, secret: str | None = None) -> str:
     return base.rstrip("/") + health_path(secret)
 
 
+def idle_status_url(base: str, secret: str) -> str:
+    return base.rstrip("/") + idle_status_path(secret)
+
+
 def redact(url: str) -> str:
     """The URL with its secret segment (the one before `predictions` or `ping`) and query hidden."""
     parsed = httpx.URL(url)
     segments = parsed.path.split("/")
-    # ["", SECRET, "predictions", NAME] or ["", SECRET, "ping"]
-    if len(segments) >= 3 and segments[1] and segments[2] in ("predictions", "ping"):
+    # ["", SECRET, "predictions", NAME], ["", SECRET, "ping"] or ["", SECRET, "idle-stop"]
+    if len(segments) >= 3 and segments[1] and segments[2] in ("predictions", "ping", "idle-stop"):
         segments[1] = "***"
     return str(parsed.copy_with(path="/".join(segments), query=None))

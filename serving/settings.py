@@ -2,7 +2,10 @@
 
 The same model feeds the local `synthdet serve`, the model archive's
 `model-config.yaml`, the SSH deploy and the Pulumi stacks, so a user reads
-one file to learn what can be tuned.
+one file to learn what can be tuned. The defaults written below are a GPU
+host's; `ServingSettings.for_hardware` is the one place that fills in what
+the user left unset for the hardware at hand (`synthdet serve`, `synthdet
+archive`, a deploy once the host's facts are read, a replica at boot).
 """
 
 from __future__ import annotations
@@ -34,8 +37,8 @@ class ServingSettings(BaseModel):
         ge=1,
         le=64,
         description="Requests TorchServe may group into one forward pass: one phone's 5 in flight "
-        "(same-sized frames share a pass; on a CPU, which gains no throughput from batching, "
-        "1 gives the lowest latency).",
+        "(same-sized frames share a pass); default on CPU: 1 (a CPU gains no throughput from "
+        "batching, and 1 gives the lowest latency).",
     )
     max_batch_delay_ms: int = Field(
         5,
@@ -48,8 +51,8 @@ class ServingSettings(BaseModel):
         None,
         ge=1,
         le=16,
-        description="Model workers; default: one per GPU, or one on CPU "
-        "(`synthdet serve` on CPU: one per 8 cores, the cores split among them).",
+        description="Model workers; default: one per GPU, or one on a CPU (its intra-op threads "
+        "are the physical cores, split among the workers if you set more).",
     )
     response_timeout_s: int = Field(
         120,
@@ -81,17 +84,24 @@ class ServingSettings(BaseModel):
         32,
         ge=1,
         le=10_000,
-        description="Requests queued per model before TorchServe answers 503.",
+        description="Requests queued per model before TorchServe answers 503; default on CPU: "
+        "the workers (a CPU frame already takes longer than the app waits, so a longer queue "
+        "would only answer clients that have given up).",
     )
     precision: Precision = Field(
         _HANDLER.precision,
-        description="fp32 everywhere; fp16 (GPU) or bf16 (CPU/GPU) autocast as an opt-in.",
+        description="fp32 (default, exact) everywhere; opt-in: fp16 (GPU autocast) or bf16 (GPU "
+        "autocast; on a CPU with AMX or AVX512_BF16 bf16 per stage, box maths fp32: 2-3x faster, "
+        "but detections move beyond float rounding: check yours with benchmarks/bench_inprocess.py; "
+        "a CPU without native bf16 serves fp32).",
     )
     channels_last: bool = Field(
         _HANDLER.channels_last,
-        description="Backbone in channels_last memory layout. On CPU about 1.2x faster with "
-        "the same detections up to float rounding (boxes within 0.05 px, scores within 5e-4); "
-        "on GPU it is applied with fp16/bf16 only, where tensor cores want it.",
+        description="On CPU: the fast exact path (BatchNorm folded into the convolutions, "
+        "channels_last, NCHW RoIAlign input), the same detections up to float rounding (boxes "
+        "within 0.05 px, scores within 5e-4); false: the model exactly as loaded (bit-identical "
+        "to the reference pipeline, slower). On GPU: channels_last with fp16/bf16 only, where "
+        "tensor cores want it.",
     )
     warmup_sizes: tuple[tuple[int, int], ...] = Field(
         _HANDLER.warmup_sizes,
@@ -123,6 +133,33 @@ class ServingSettings(BaseModel):
             warmup_sizes=self.warmup_sizes,
         )
 
+    def for_hardware(self, *, gpus: int, cpu_cores: int) -> ServingSettings:
+        """These settings with every value the user left unset chosen for the hardware.
+
+        GPU: one worker per GPU, the defaults above. CPU: one worker whose
+        intra-op threads are all the physical cores (one frame scales near-linearly
+        with cores: 1 thread 3.56 s, 2 threads 1.74 s, so a second worker would
+        only halve each frame's cores and double its latency; `cpu_cores` does
+        not change the choice). A frame takes about as long as the app's 2 s
+        deadline, so batching would only make every frame wait for its whole
+        batch, and a queue would only answer after the deadline: one frame per
+        pass, no more queued than the workers can start at once (the rest get a
+        fast 503 and the app sends its next frame). Values the user set always win.
+        """
+        chosen: dict[str, Any] = {}
+        workers = self.workers or (gpus if gpus > 0 else 1)
+        chosen["workers"] = workers
+        if gpus <= 0:
+            chosen["batch_size"] = 1
+            chosen["job_queue_size"] = workers
+        unset = {name: value for name, value in chosen.items() if name not in self.model_fields_set}
+        return self.model_copy(update=unset)
+
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON values (Pulumi state, boot.json); `model_validate` reads them back."""
+        """Plain JSON values of every setting; `model_validate` reads them back."""
         return self.model_dump(mode="json")
+
+    def user_set(self) -> dict[str, Any]:
+        """Plain JSON values of only what was set (Pulumi state, boot.json): whatever is
+        left unset there is chosen later, where the hardware is known (`for_hardware`)."""
+        return self.model_dump(mode="json", exclude_unset=True)

@@ -2,7 +2,9 @@
 
 Management and metrics never listen beyond the addresses given (the callers
 pass 127.0.0.1); token authorisation is off because the app cannot send
-headers, so access control lives in the network and the URL.
+headers, so access control lives in the network and the URL. A model can be
+registered from the model store only (`allowed_urls`): nothing remote, no
+other file.
 """
 
 from __future__ import annotations
@@ -10,6 +12,30 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from serving.settings import ServingSettings
+
+# Characters with a meaning in a Java regex, written as a one-character class ("[.]"):
+# a backslash would be eaten by java.util.Properties when TorchServe reads the file.
+_REGEX_SPECIAL = frozenset(".^$*+?(){}|-")
+# What a character class cannot carry plainly, and TorchServe's own separators: "," splits
+# allowed_urls into a list, "$$NAME$$" is replaced by an environment variable.
+_UNSAFE_IN_PATTERN = frozenset("\\[],\n\r")
+
+
+def allowed_urls(model_store: str) -> str:
+    """TorchServe's `allowed_urls`: the `.mar` files directly in `model_store`, as file:// URLs.
+
+    TorchServe matches a registration URL that looks like a URL (file://, http(s)://)
+    against these regexes (case-insensitive, whole string) and refuses it otherwise with
+    "does not match any allowed URL(s)"; the default admits any file or web address.
+    A bare name (`synthdet.mar`, what deploy and `load_models` use) is not URL-shaped and is
+    looked up in the model store itself, unaffected. A bare directory path skips this check
+    altogether: the service's sandbox and the firewall answer that one (SECURITY.md).
+    """
+    store = model_store.rstrip("/")
+    if not store.startswith("/") or any(ch in _UNSAFE_IN_PATTERN for ch in store):
+        raise ValueError(f"model store {model_store!r} must be an absolute path without []\\, or newlines")
+    literal = "".join(f"[{ch}]" if ch in _REGEX_SPECIAL else ch for ch in store)
+    return f"file://{literal}/[^/]+[.]mar"
 
 
 def render_config_properties(
@@ -38,6 +64,7 @@ def render_config_properties(
         "grpc_management_address": "127.0.0.1",
         "grpc_management_port": str(grpc_ports[1]),
         "model_store": model_store,
+        "allowed_urls": allowed_urls(model_store),
         "load_models": ",".join(f"{name}={archive}" for name, archive in sorted(models.items())),
         "default_workers_per_model": str(serving.workers or workers_per_model),
         "job_queue_size": str(serving.job_queue_size),

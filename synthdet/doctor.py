@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from bootstrap.torch_select import covers
+from handler.cpu_features import CpuFeatures, detect
 from serving.contract import APP_TIMEOUT_S, make_test_jpeg
 from serving.settings import ServingSettings
 
@@ -44,6 +45,29 @@ class Report:
     gpu: bool = False
     # Seconds for one app frame through the handler here (None: not measured).
     frame_s: float | None = None
+    cpu: CpuFeatures | None = None
+
+
+CHECK_BF16 = (
+    "its detections move beyond float rounding: check the match rate on YOUR model first "
+    "(benchmarks/bench_inprocess.py --checkpoint YOUR.pth)"
+)
+
+
+def cpu_advice(cpu: CpuFeatures) -> tuple[str, str]:
+    """(the precision a CPU worker uses here, what to try): the measured per-CPU advice
+    (docs/performance.md)."""
+    default = "fp32, exact (the default)"
+    if cpu.capability == "amx_bf16":
+        return default, f"AMX: `--precision bf16` measured 2.3x faster than fp32 on 2 cores, but {CHECK_BF16}"
+    if cpu.native_bf16:
+        return default, (
+            f"AVX512_BF16 without AMX: `--precision bf16` may be faster (not measured here: "
+            f"compare it with fp32 on this CPU), and {CHECK_BF16}"
+        )
+    if cpu.native_bf16 is None:
+        return default, "could not read this CPU's flags: stay on fp32"
+    return default, f"no native bf16 ({cpu.capability}): bf16 would be emulated, slower: stay on fp32"
 
 
 def _run(command: list[str]) -> str | None:
@@ -130,6 +154,11 @@ def diagnose(measure: bool = True) -> Report:
             )
         )
     add(Check("NVIDIA driver", driver_version() or "not found"))
+    report.cpu = detect()
+    add(Check("CPU", report.cpu.describe()))
+    if not gpu_ok:  # the model runs on this CPU: which precision, and what to try
+        precision, advice = cpu_advice(report.cpu)
+        add(Check("CPU precision", precision, None, advice))
     java = java_version()
     add(
         Check(

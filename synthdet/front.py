@@ -12,6 +12,13 @@ serve` the deployed endpoint's behaviour:
 - TorchServe's "queue full" 503 becomes a JSON "busy, retry" with Retry-After;
 - anything else is a JSON 404 or 405.
 
+It also keeps the time of the last prediction request (a POST or PUT to a
+model's path: the app's frames, the viewer's) for `serve --idle-stop-minutes`;
+health checks and everything else leave it alone, as on a deployed host.
+
+Its refusals come from serving/error_answers.py, the table nginx's are
+rendered from: the same bad request gets the same bytes from both doors.
+
 It runs on an event loop in a thread of its own, so the caller stays
 synchronous (and Ctrl-C stays in the main thread).
 """
@@ -19,20 +26,20 @@ synchronous (and Ctrl-C stays in the main thread).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import ssl
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 
+from serving.error_answers import BODY_TOO_LARGE, BUSY, METHOD_NOT_ALLOWED, NOT_FOUND, ErrorAnswer
 from serving.viewer import CONTENT_TYPE as HTML
 from serving.viewer import content_security_policy, viewer_page
 
-RETRY_AFTER_S = 1
 SHUTDOWN_GRACE_S = 2.0
 JSON_TYPE = "application/json"
 # Security headers on every answer, as nginx adds them on a deployed host.
@@ -54,14 +61,10 @@ class FrontError(RuntimeError):
     pass
 
 
-def error_response(status: int, message: str, *, retry: bool = False) -> web.Response:
-    headers = {**HEADERS, **({"Retry-After": str(RETRY_AFTER_S)} if retry else {})}
-    return web.Response(
-        status=status,
-        text=json.dumps({"code": status, "error": message}) + "\n",
-        content_type=JSON_TYPE,
-        headers=headers,
-    )
+def error_response(answer: ErrorAnswer, max_body: int) -> web.Response:
+    """One row of the error table, byte for byte as nginx answers it."""
+    headers = {**HEADERS, **answer.headers()}
+    return web.Response(status=answer.status, body=answer.body(max_body), headers=headers)
 
 
 def upstream_content_type(header: str | None) -> str:
@@ -84,8 +87,12 @@ class Front:
         max_body_bytes: int,
         response_timeout_s: float,
         ssl_context: ssl.SSLContext | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.upstream = upstream.rstrip("/")
+        self._clock = clock
+        # When the last prediction request came (the start counts as one).
+        self.last_prediction = clock()
         self.models = set(models)
         self.host = host
         self.port = port
@@ -139,28 +146,35 @@ class Front:
         if self._session is not None:
             await self._session.close()
 
+    def idle_s(self) -> float:
+        """Seconds since the last prediction request (or the start)."""
+        return self._clock() - self.last_prediction
+
     # -- requests ---------------------------------------------------------
     @web.middleware
     async def _errors_as_json(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             return await handler(request)
         except web.HTTPRequestEntityTooLarge:
-            return error_response(413, f"request body too large (the limit is {self.max_body_bytes} bytes)")
-        except web.HTTPException as exc:
-            return error_response(exc.status, exc.reason)
+            return self._refuse(BODY_TOO_LARGE)
+        except web.HTTPException as exc:  # none expected: every route answers for itself
+            return self._refuse(ErrorAnswer(exc.status, exc.reason))
+
+    def _refuse(self, answer: ErrorAnswer) -> web.Response:
+        return error_response(answer, self.max_body_bytes)
 
     async def _not_found(self, request: web.Request) -> web.Response:
-        return error_response(404, "not found")
+        return self._refuse(NOT_FOUND)
 
     async def _ping(self, request: web.Request) -> web.Response:
         if request.method not in ("GET", "HEAD"):
-            return error_response(405, "method not allowed")
+            return self._refuse(METHOD_NOT_ALLOWED)
         return await self._forward("GET", "/ping", b"", None)
 
     async def _predictions(self, request: web.Request) -> web.Response:
         model = request.match_info["model"]
-        if model not in self.models:
-            return error_response(404, f"no model named {model!r} here")
+        if model not in self.models:  # nginx: a path it has no location for
+            return self._refuse(NOT_FOUND)
         if request.method in ("GET", "HEAD"):
             # A browser (a phone that scanned the QR): the live viewer page.
             headers = {**HEADERS, "Content-Security-Policy": content_security_policy()}
@@ -168,9 +182,10 @@ class Front:
                 body=viewer_page(), content_type=HTML.split(";")[0], charset="utf-8", headers=headers
             )
         if request.method not in ("POST", "PUT"):
-            return error_response(405, "method not allowed: POST (or PUT) the image bytes")
+            return self._refuse(METHOD_NOT_ALLOWED)
+        self.last_prediction = self._clock()
         if request.content_length is not None and request.content_length > self.max_body_bytes:
-            return error_response(413, f"request body too large (the limit is {self.max_body_bytes} bytes)")
+            return self._refuse(BODY_TOO_LARGE)
         body = await request.read()
         return await self._forward(
             "POST", f"/predictions/{model}", body, upstream_content_type(request.headers.get("Content-Type"))
@@ -187,10 +202,8 @@ class Front:
                 status = answer.status
                 answer_type = answer.headers.get("Content-Type", JSON_TYPE)
         except (ClientError, asyncio.TimeoutError):
-            return error_response(
-                503, "the model server is starting or restarting; retry shortly", retry=True
-            )
+            return self._refuse(BUSY)  # starting or restarting (nginx: 502/504, answered as 503)
         if status == 503:
             # TorchServe's queue is full ("has no worker to serve inference request"): busy, not broken.
-            return error_response(503, "the server is busy with other frames; retry", retry=True)
+            return self._refuse(BUSY)
         return web.Response(status=status, body=data, headers={**HEADERS, "Content-Type": answer_type})

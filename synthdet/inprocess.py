@@ -52,6 +52,7 @@ class InProcessModel:
             config.get("batchSize", 1),
             0 if torch.cuda.is_available() else None,
             "in-process",
+            metrics=_metrics_cache(name),
             model_yaml_config=config,
         )
         self.handler = SynthDetHandler()
@@ -61,8 +62,21 @@ class InProcessModel:
         """Detections for one image, or HandlerError with the status a client would see."""
         return self.predict_batch([image])[0]
 
+    def handle(
+        self, requests: list[dict[str, bytes]], headers: list[dict[str, str]] | None = None
+    ) -> list[str]:
+        """One batch through BaseHandler.handle, the context set as TorchServe's worker sets it
+        (ts.service.Service.predict): request ids, per-request headers, the metrics cache."""
+        from ts.context import RequestProcessor
+
+        ids = {index: f"in-process-{index}" for index in range(len(requests))}
+        self.context.request_ids = ids
+        self.context.request_processor = [RequestProcessor(dict(h)) for h in headers or [{} for _ in ids]]
+        self.context.metrics.request_ids = ids
+        return list(self.handler.handle(requests, self.context))
+
     def predict_batch(self, images: list[bytes]) -> list[list[dict[str, Any]]]:
-        answers = self.handler.handle([{"body": image} for image in images], self.context)
+        answers = self.handle([{"body": image} for image in images])
         results = []
         for answer in answers:
             parsed = json.loads(answer)
@@ -70,6 +84,18 @@ class InProcessModel:
                 raise HandlerError(int(parsed.get("code", 500)), str(parsed.get("error")))
             results.append(parsed)
         return results
+
+
+def _metrics_cache(model_name: str) -> Any:
+    """TorchServe's metrics cache with its default metrics, as a worker builds it (the
+    handler records HandlerTime there; in a worker it goes to model_metrics.log)."""
+    import ts
+    from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
+
+    cache = MetricsCacheYamlImpl(config_file_path=str(Path(ts.__file__).parent / "configs" / "metrics.yaml"))
+    cache.initialize_cache()
+    cache.model_name = model_name
+    return cache
 
 
 @contextmanager

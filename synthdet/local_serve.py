@@ -23,19 +23,22 @@ from pathlib import Path
 
 import httpx
 import psutil
-import tenacity
 
 from serving.archive import ArchiveError, cached_archive
-from serving.certs import make_self_signed, server_context
+from serving.certs import fingerprint_sha256, make_self_signed, server_context
 from serving.endpoint import base_url, prediction_url
 from serving.models import ModelSpec, unique_names
+from serving.polling import poll
 from serving.settings import ServingSettings
 from serving.torchserve_config import render_config_properties, torchserve_env
 from synthdet.front import Front, FrontError
 
 LOOPBACK = "127.0.0.1"
-CORES_PER_CPU_WORKER = 8
-Progress = Callable[[str], None]
+# In a serve's work directory while it runs: "<pid> <start time>" of the `synthdet serve`
+# process, so that `synthdet cache clear` leaves a running server's folder alone.
+SERVE_PID_FILE = "synthdet-serve.pid"
+# Told one line about what is happening now (archiving, starting, waiting for a model).
+StatusCallback = Callable[[str], None]
 
 
 class ServeError(RuntimeError):
@@ -61,6 +64,8 @@ class LocalServer:
     front: Front
     management_url: str
     log_path: Path
+    # The self-signed certificate the front serves with --https (None: plain HTTP).
+    cert_pem: bytes | None = None
 
     @property
     def scheme(self) -> str:
@@ -75,7 +80,7 @@ class LocalServer:
     def prediction_url(self, model: str, address: str | None = None) -> str:
         return prediction_url(self.base_url(address), model)
 
-    def wait_ready(self, timeout_s: float, progress: Progress | None = None) -> None:
+    def wait_ready(self, timeout_s: float, on_status: StatusCallback | None = None) -> None:
         """Healthy means every model has a READY worker: /ping alone turns green too early."""
         pending = {model.name for model in self.config.models}
 
@@ -86,21 +91,17 @@ class LocalServer:
                     f"Last lines of {self.log_path}:\n{self.log_tail()}"
                 )
             pending.difference_update({name for name in pending if self._model_ready(name)})
-            if pending and progress:
-                progress(f"waiting for {', '.join(sorted(pending))} to load")
+            if pending and on_status:
+                on_status(f"waiting for {', '.join(sorted(pending))} to load")
             return pending
 
-        try:
-            tenacity.Retrying(
-                stop=tenacity.stop_after_delay(timeout_s),
-                wait=tenacity.wait_fixed(0.5),
-                retry=tenacity.retry_if_result(bool),
-            )(check)
-        except tenacity.RetryError:
+        # A TorchServe that exits while starting ends the wait at once (check raises).
+        ready, _ = poll(check, lambda still_pending: not still_pending, timeout_s=timeout_s, every_s=0.5)
+        if not ready:
             raise ServeError(
                 f"models {sorted(pending)} not ready after {timeout_s:.0f} s.\n"
                 f"Last lines of {self.log_path}:\n{self.log_tail()}"
-            ) from None
+            )
 
     def _model_ready(self, name: str) -> bool:
         try:
@@ -109,6 +110,10 @@ class LocalServer:
         except (httpx.HTTPError, ValueError, IndexError, AttributeError):
             return False
         return any(worker.get("status") == "READY" for worker in workers)
+
+    def cert_sha256(self) -> str | None:
+        """`AB:CD:...` of the served certificate, as `synthdet deploy` prints it."""
+        return fingerprint_sha256(self.cert_pem) if self.cert_pem else None
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -122,6 +127,7 @@ class LocalServer:
             self.front.stop()
         finally:
             stop_process_tree(self.process, timeout_s)
+            (self.config.workdir / SERVE_PID_FILE).unlink(missing_ok=True)
 
 
 def stop_process_tree(process: subprocess.Popen[bytes], timeout_s: float) -> None:
@@ -142,36 +148,19 @@ def stop_process_tree(process: subprocess.Popen[bytes], timeout_s: float) -> Non
 
 
 def local_defaults(serving: ServingSettings) -> ServingSettings:
-    """Fill what the user left unset from this machine's cores and GPUs.
-
-    On a CPU one frame takes longer than the app's 2 s deadline: batching would
-    only make every frame wait for its whole batch, and a queue would only
-    answer after the deadline. So, unless set explicitly: one frame per pass,
-    and no more queued than the workers can start at once (the rest get a fast
-    503 and the app simply sends its next one).
-    """
-    workers = serving.workers or default_workers()
-    update: dict[str, int] = {"workers": workers}
-    if not visible_gpus():
-        if "batch_size" not in serving.model_fields_set:
-            update["batch_size"] = 1
-        if "job_queue_size" not in serving.model_fields_set:
-            update["job_queue_size"] = workers
-    return serving.model_copy(update=update)
+    """Fill what the user left unset for this machine's GPUs and cores: the same choice a
+    deploy makes for a host (ServingSettings.for_hardware; on CPU batch 1, a short queue)."""
+    return serving.for_hardware(gpus=visible_gpus(), cpu_cores=cpu_cores())
 
 
 def default_workers() -> int:
-    """One worker per GPU; on CPU one per 8 cores (the handler splits the cores among them).
+    """Workers `synthdet serve` starts when none are set (one per GPU, else one)."""
+    return local_defaults(ServingSettings()).workers or 1
 
-    Past about 8 threads one forward pass gains little from more cores, so a second
-    worker serving a second phone's frame at the same time is the better use (an
-    estimate: only the 2-core case, one worker, was measured here).
-    """
-    gpus = visible_gpus()
-    if gpus:
-        return gpus
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // CORES_PER_CPU_WORKER)
+
+def cpu_cores() -> int:
+    """Cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def visible_gpus() -> int:
@@ -237,14 +226,14 @@ def lan_addresses() -> list[str]:
 
 
 def stage_archives(
-    models: Sequence[ModelSpec], store: Path, serving: ServingSettings, progress: Progress | None
+    models: Sequence[ModelSpec], store: Path, serving: ServingSettings, on_status: StatusCallback | None
 ) -> dict[str, str]:
     """Each model's archive (built once per set of inputs, in the cache) linked into `store`."""
     store.mkdir(parents=True, exist_ok=True)
     archives = {}
     for model in models:
-        if progress:
-            progress(f"archiving {model.name} from {model.checkpoint} (once per checkpoint and settings)")
+        if on_status:
+            on_status(f"archiving {model.name} from {model.checkpoint} (once per checkpoint and settings)")
         try:
             built = cached_archive(model, serving)
         except ArchiveError as err:
@@ -269,7 +258,23 @@ def _write_certificate(config: LocalServeConfig) -> tuple[Path, Path]:
     return cert, key
 
 
-def start_local_server(config: LocalServeConfig, progress: Progress | None = None) -> LocalServer:
+def write_pid_file(workdir: Path) -> None:
+    """Mark `workdir` as in use by this process (see SERVE_PID_FILE)."""
+    me = psutil.Process()
+    (workdir / SERVE_PID_FILE).write_text(f"{me.pid} {me.create_time()}\n", encoding="utf-8")
+
+
+def in_use(workdir: Path) -> bool:
+    """Whether a `synthdet serve` that is still running works in `workdir`."""
+    try:
+        pid, started = (workdir / SERVE_PID_FILE).read_text(encoding="utf-8").split()
+        # The start time tells a live server from a new process that got the same pid.
+        return abs(psutil.Process(int(pid)).create_time() - float(started)) < 0.01
+    except (OSError, ValueError, psutil.Error):
+        return False
+
+
+def start_local_server(config: LocalServeConfig, on_status: StatusCallback | None = None) -> LocalServer:
     """Archive the models, start TorchServe on loopback and the front on the chosen port."""
     if not config.models:
         raise ServeError("no model to serve: pass --model PATH (or --demo-model)")
@@ -278,11 +283,17 @@ def start_local_server(config: LocalServeConfig, progress: Progress | None = Non
     except ValueError as err:
         raise ServeError(str(err)) from err
     workdir = config.workdir
+    if in_use(workdir):
+        # Its config, links and logs are that server's: touching them would break it.
+        raise ServeError(
+            f"another synthdet serve is running in {workdir}: stop it, or pick another --port or --workdir"
+        )
     config = replace(config, serving=local_defaults(config.serving))
     for sub in ("tmp", "logs"):
         (workdir / sub).mkdir(parents=True, exist_ok=True)
+    write_pid_file(workdir)
     store = workdir / "model-store"
-    archives = stage_archives(config.models, store, config.serving, progress)
+    archives = stage_archives(config.models, store, config.serving, on_status)
     inference_port, management_port, metrics_port, *grpc_ports = private_ports(5)
     properties = render_config_properties(
         inference_address=f"http://{LOOPBACK}:{inference_port}",
@@ -295,6 +306,7 @@ def start_local_server(config: LocalServeConfig, progress: Progress | None = Non
     )
     config_path = workdir / "config.properties"
     config_path.write_text(properties, encoding="utf-8")
+    tls = _write_certificate(config) if config.https else None
     front = Front(
         upstream=f"http://{LOOPBACK}:{inference_port}",
         models=[model.name for model in config.models],
@@ -302,7 +314,7 @@ def start_local_server(config: LocalServeConfig, progress: Progress | None = Non
         port=config.port,
         max_body_bytes=config.serving.max_request_bytes,
         response_timeout_s=config.serving.response_timeout_s,
-        ssl_context=server_context(*_write_certificate(config)) if config.https else None,
+        ssl_context=server_context(*tls) if tls else None,
     )
     try:
         front.start()  # first: a taken port fails before TorchServe is started
@@ -328,8 +340,8 @@ def start_local_server(config: LocalServeConfig, progress: Progress | None = Non
         "--model-store",
         str(store),
     ]
-    if progress:
-        progress(f"starting TorchServe (logs: {workdir / 'logs'})")
+    if on_status:
+        on_status(f"starting TorchServe (logs: {workdir / 'logs'})")
     try:
         with log_path.open("ab") as log:
             process = subprocess.Popen(
@@ -344,17 +356,19 @@ def start_local_server(config: LocalServeConfig, progress: Progress | None = Non
     except OSError as err:
         front.stop()
         raise ServeError(f"cannot start TorchServe ({err})") from err
-    return LocalServer(config, process, front, f"http://{LOOPBACK}:{management_port}", log_path)
+    management_url = f"http://{LOOPBACK}:{management_port}"
+    cert_pem = tls[0].read_bytes() if tls else None
+    return LocalServer(config, process, front, management_url, log_path, cert_pem)
 
 
 @contextlib.contextmanager
 def serving(
-    config: LocalServeConfig, timeout_s: float = 300, progress: Progress | None = None
+    config: LocalServeConfig, timeout_s: float = 300, on_status: StatusCallback | None = None
 ) -> Iterator[LocalServer]:
     """Start, wait until ready, yield, and always stop."""
-    server = start_local_server(config, progress)
+    server = start_local_server(config, on_status)
     try:
-        server.wait_ready(timeout_s, progress)
+        server.wait_ready(timeout_s, on_status)
         yield server
     finally:
         server.stop()

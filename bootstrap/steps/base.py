@@ -1,32 +1,28 @@
-"""What every step shares: the host layout, the run context and small operations.
+"""What every step shares: the host layout, the run's inputs, the host's record, small operations.
 
 A step reads facts, compares them with what is wanted and acts only on a
 difference, returning changed/unchanged (pyinfra's operation model). Steps
-reach the host only through `ctx.conn`, a `bootstrap.runner.Runner`, and
+reach the host only through `run.conn`, a `bootstrap.runner.Runner`, and
 raise `DeployError` with what to do when they cannot reach the wanted state.
+How a step declares what it needs and yields: bootstrap/steps/__init__.py.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
-
-import tenacity
+from typing import Any
 
 from bootstrap import files
-from bootstrap.api import DeployOptions, NullProgress, Progress
+from bootstrap.api import DeployOptions, DeployReporter, SilentReporter
 from bootstrap.facts import HostFacts, parse_is_active
 from bootstrap.runner import Runner
 from serving.models import ModelSpec
-
-if TYPE_CHECKING:
-    from bootstrap.torch_select import TorchChoice
-
+from serving.settings import ServingSettings
 
 # ------------------------------------------------------------ host layout
 # The system account TorchServe runs as. Never a login: the clouds' login users
@@ -64,6 +60,14 @@ MANAGEMENT_PORT = 18081
 METRICS_PORT = 18082
 GRPC_PORTS = (7070, 7071)  # TorchServe always starts gRPC; it cannot be switched off
 TORCHSERVE_PORTS = (INFERENCE_PORT, MANAGEMENT_PORT, METRICS_PORT, *GRPC_PORTS)
+# With ACME (steps/acme.py): nginx's stream splitter on the public port sends ALPN
+# "acme-tls/1" to the certificate client's responder on ALPN_PORT and everything else to
+# the site on SITE_PORT (both on 127.0.0.1). Below 1024, so only root listens there: no
+# local user can answer the CA in the host's name (a publicly trusted certificate for its
+# address) or stand in for the site. The firewall lets only root and nginx connect to them
+# (the site trusts the PROXY header the splitter sends: anybody else could forge addresses).
+SITE_PORT = 843
+ALPN_PORT = 844
 
 
 @dataclass
@@ -95,46 +99,49 @@ class HostState:
         return json.dumps(self.__dict__, indent=2, sort_keys=True) + "\n"
 
 
-@dataclass(frozen=True)
-class StepResult:
-    name: str
-    changed: bool
-    detail: str = ""
-
-
 class DeployError(RuntimeError):
     """A step could not reach the wanted state; the message says what to do."""
 
 
-NULL_PROGRESS: Progress = NullProgress()
+SILENT_REPORTER: DeployReporter = SilentReporter()
 
 
-@dataclass
-class Context:
-    """One deploy run: the connection, what the host is, what is wanted, what happened."""
+@dataclass(frozen=True)
+class Archive:
+    """One model's archive, built on this machine."""
+
+    path: Path
+    sha256: str
+
+
+def settings_for(facts: HostFacts, serving: ServingSettings) -> ServingSettings:
+    """`serving` with what the user left unset chosen for this host's GPUs and cores."""
+    return serving.for_hardware(gpus=len(facts.gpus), cpu_cores=facts.cpus)
+
+
+@dataclass(frozen=True)
+class Run:
+    """What one deploy run is given: the same, read-only, for every step."""
 
     conn: Runner
     facts: HostFacts
     models: tuple[ModelSpec, ...]
+    # Its serving settings are filled in for this host's hardware (`settings_for`).
     options: DeployOptions
     public_address: str
-    state: HostState
-    progress: Progress = NULL_PROGRESS
-    # Filled in as steps run.
-    torch: TorchChoice | None = None
-    # The service venv's interpreter version ("3.11.2"): where TorchServe's files are.
-    python_version: str = ""
-    archives: dict[str, Path] = field(default_factory=dict)
-    archive_sha256: dict[str, str] = field(default_factory=dict)
-    secret: str = ""
-    cert_pem: bytes = b""
-    service_restarted: bool = False
-    # The service venv was switched: TorchServe must restart to use it.
-    venv_changed: bool = False
+    # Model name -> its archive, built for `options.serving`.
+    archives: Mapping[str, Archive] = field(default_factory=dict)
+    progress: DeployReporter = SILENT_REPORTER
+
+    def __post_init__(self) -> None:
+        if self.options.serving.workers is None:
+            raise ValueError("Run.options.serving must be filled in for the host (settings_for)")
 
     @property
     def workers_per_model(self) -> int:
-        return self.options.serving.workers or max(1, len(self.facts.gpus))
+        workers = self.options.serving.workers
+        assert workers is not None  # checked in __post_init__
+        return workers
 
 
 # ------------------------------------------------------------- templates
@@ -155,26 +162,8 @@ def render_template(template: str, /, **values: object) -> str:
 
 
 # ------------------------------------------------------------ operations
-T = TypeVar("T")
-
-
-def poll(
-    check: Callable[[], T], done: Callable[[T], bool], *, timeout_s: float, every_s: float
-) -> tuple[bool, T]:
-    """Call `check` every `every_s` until `done(answer)` or `timeout_s`: (done, last answer)."""
-    try:
-        answer = tenacity.Retrying(
-            stop=tenacity.stop_after_delay(max(0.0, timeout_s)),
-            wait=tenacity.wait_fixed(every_s),
-            retry=tenacity.retry_if_result(lambda answer: not done(answer)),
-        )(check)
-    except tenacity.RetryError as exc:
-        return False, exc.last_attempt.result()
-    return True, answer
-
-
 def ensure_file(
-    ctx: Context,
+    run: Run,
     path: str,
     content: str | bytes,
     *,
@@ -183,12 +172,12 @@ def ensure_file(
     group: str | None = None,
 ) -> bool:
     """`bootstrap.files.ensure_file` on this run's host; True when it changed anything."""
-    return files.ensure_file(ctx.conn, path, content, mode=mode, owner=owner, group=group)
+    return files.ensure_file(run.conn, path, content, mode=mode, owner=owner, group=group)
 
 
-def systemctl_is_active(ctx: Context, unit: str) -> str:
-    return parse_is_active(ctx.conn.run(f"systemctl is-active {unit}", check=False).stdout)
+def systemctl_is_active(run: Run, unit: str) -> str:
+    return parse_is_active(run.conn.run(f"systemctl is-active {unit}", check=False).stdout)
 
 
-def write_state(ctx: Context) -> None:
-    ensure_file(ctx, STATE_FILE, ctx.state.to_json(), mode=0o600)
+def write_state(run: Run, state: HostState) -> None:
+    ensure_file(run, STATE_FILE, state.to_json(), mode=0o600)

@@ -10,6 +10,8 @@ stops and says what to do.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from bootstrap.facts import Account, account_query, parse_account_query
 from bootstrap.files import PART_GLOB
 from bootstrap.steps.base import (
@@ -22,12 +24,12 @@ from bootstrap.steps.base import (
     TS_TMP_DIR,
     VAR_DIR,
     VIEWER_DIR,
-    Context,
     DeployError,
-    StepResult,
+    HostState,
+    Run,
 )
+from bootstrap.steps.step import Done, Footprint, Step
 
-NAME = "layout"
 NOLOGIN_SHELLS = ("/usr/sbin/nologin", "/sbin/nologin", "/bin/false", "/usr/bin/false")
 # Debian/Ubuntu hand out uids from 1000 up to people (login.defs UID_MIN).
 FIRST_LOGIN_UID = 1000
@@ -53,6 +55,13 @@ DIRECTORIES = (
     (TS_TMP_DIR, SERVICE_USER, SERVICE_USER, "700"),
     (LOG_DIR, SERVICE_USER, SERVICE_USER, "750"),
 )
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The service account and the deploy's directories exist (so does the state's folder)."""
+
+    service_user: str
 
 
 def not_a_service_account(account: Account) -> list[str]:
@@ -114,17 +123,26 @@ def directories_script() -> str:
     return "\n".join(lines)
 
 
-def apply(ctx: Context) -> StepResult:
-    account = parse_account_query(ctx.conn.run(account_query(SERVICE_USER)).stdout)
+def apply(run: Run, state: HostState) -> Done[Layout]:
+    account = parse_account_query(run.conn.run(account_query(SERVICE_USER)).stdout)
     check_service_account(account)
     created = account is None
     if created:
-        ctx.conn.run(create_account_script())
+        run.conn.run(create_account_script())
     if created or (account is not None and account.comment == ACCOUNT_COMMENT):
         # Recorded (and written by run_steps even if the step fails later): undeploy removes
         # exactly the accounts a deploy created. A system account with our comment is one an
         # earlier deploy made whose record was lost; a foreign system account is left alone.
-        ctx.state.created_users = sorted({*ctx.state.created_users, SERVICE_USER})
-    out = ctx.conn.run(directories_script()).stdout
+        state.created_users = sorted({*state.created_users, SERVICE_USER})
+    out = run.conn.run(directories_script()).stdout
     changed = created or "CHANGED" in out
-    return StepResult(NAME, changed, f"account {SERVICE_USER}, {VAR_DIR}, {ETC_DIR}, {LOG_DIR}")
+    return Done(changed, f"account {SERVICE_USER}, {VAR_DIR}, {ETC_DIR}, {LOG_DIR}", Layout(SERVICE_USER))
+
+
+STEP = Step(
+    "layout",
+    apply,
+    # Its directories hold what later steps place in them (venv, model store, config,
+    # TLS, logs, the state): removing them removes all that.
+    Footprint(trees=(OPT_DIR, VAR_DIR, LOG_DIR, ETC_DIR), accounts=(SERVICE_USER,)),
+)

@@ -8,11 +8,12 @@ exactly that.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
-from bootstrap.facts import parse_dpkg_status
-from bootstrap.steps.base import Context, DeployError, StepResult
+from bootstrap.facts import HostFacts, parse_dpkg_status
+from bootstrap.steps.base import DeployError, HostState, Run
+from bootstrap.steps.step import Done, Footprint, Step
 
-NAME = "packages"
 # TorchServe 0.12 needs Java 11 or newer.
 MIN_JAVA = 11
 JRE_PACKAGES = ("openjdk-17-jre-headless", "default-jre-headless")
@@ -27,7 +28,20 @@ def parse_java_version(text: str) -> int | None:
     return int(m.group(2) or 0) if major == 1 else major
 
 
-def wanted_packages(ctx: Context, java_major: int | None, installed: dict[str, str]) -> list[str]:
+@dataclass(frozen=True)
+class SystemPackages:
+    """A JRE, nginx, nftables and venv support are installed."""
+
+
+# nginx's stream module (a package of its own on Debian and Ubuntu): ACME's splitter on :443.
+STREAM_MODULE = "libnginx-mod-stream"
+# Debian's and Ubuntu's nginx packages that already depend on the stream module.
+NGINX_WITH_STREAM = ("nginx-full", "nginx-extras")
+
+
+def wanted_packages(
+    facts: HostFacts, java_major: int | None, installed: dict[str, str], acme: bool = False
+) -> list[str]:
     want = []
     if java_major is None or java_major < MIN_JAVA:
         want.append(JRE_PACKAGES[0])
@@ -35,7 +49,9 @@ def wanted_packages(ctx: Context, java_major: int | None, installed: dict[str, s
         want.append("nginx")
     if "nftables" not in installed:  # the firewall step's `nft`
         want.append("nftables")
-    python = ctx.facts.image_torch or (ctx.facts.pythons[0] if ctx.facts.pythons else None)
+    if acme and not any(p in installed for p in (STREAM_MODULE, *NGINX_WITH_STREAM)):
+        want.append(STREAM_MODULE)
+    python = facts.image_torch or (facts.pythons[0] if facts.pythons else None)
     if python is None:
         want.append("python3")
     if python is None or not python.has_venv:
@@ -43,26 +59,27 @@ def wanted_packages(ctx: Context, java_major: int | None, installed: dict[str, s
     return want
 
 
-def apply(ctx: Context) -> StepResult:
-    if not ctx.facts.os.is_debian_like:
+def apply(run: Run, state: HostState) -> Done[SystemPackages]:
+    if not run.facts.os.is_debian_like:
         raise DeployError(
-            f"{ctx.facts.os.pretty_name} is not Debian/Ubuntu; this bootstrap installs with apt. "
+            f"{run.facts.os.pretty_name} is not Debian/Ubuntu; this bootstrap installs with apt. "
             "Use a Debian or Ubuntu image (most GPU/deep-learning images are)."
         )
-    java = ctx.conn.run("java -version", sudo=False, check=False)
+    java = run.conn.run("java -version", sudo=False, check=False)
     java_major = parse_java_version(java.stderr + java.stdout) if java.ok else None
-    dpkg = ctx.conn.run("dpkg -s nginx nginx-light nginx-full nftables python3-venv", check=False)
-    missing = wanted_packages(ctx, java_major, parse_dpkg_status(dpkg.stdout))
+    query = f"nginx nginx-light nginx-full nginx-extras {STREAM_MODULE} nftables python3-venv"
+    dpkg = run.conn.run(f"dpkg -s {query}", check=False)
+    missing = wanted_packages(run.facts, java_major, parse_dpkg_status(dpkg.stdout), run.options.acme)
     if not missing:
-        return StepResult(NAME, False, "JRE, nginx, nftables and venv support present")
-    if not ctx.options.install_system_packages:
+        return Done(False, "JRE, nginx, nftables and venv support present", SystemPackages())
+    if not run.options.install_system_packages:
         raise DeployError(
             f"missing system packages: {', '.join(missing)}; install them on the host "
             "or allow the bootstrap to (install_system_packages)"
         )
-    ctx.progress.status(f"installing {', '.join(missing)} with apt")
+    run.progress.status(f"installing {', '.join(missing)} with apt")
     # Debian's nginx starts its default site on install; the nginx step replaces it.
-    res = ctx.conn.run(
+    res = run.conn.run(
         "export DEBIAN_FRONTEND=noninteractive; "
         "apt-get -o DPkg::Lock::Timeout=300 update -q && "
         "apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends " + " ".join(missing),
@@ -75,5 +92,15 @@ def apply(ctx: Context) -> StepResult:
             f"{(res.stderr or res.stdout).strip()[-600:]}\nCheck the host's apt sources "
             "and network, or preinstall these packages in the image."
         )
-    ctx.state.apt_installed = sorted(set(ctx.state.apt_installed) | set(missing))
-    return StepResult(NAME, True, f"installed {', '.join(missing)}")
+    state.apt_installed = sorted(set(state.apt_installed) | set(missing))
+    return Done(True, f"installed {', '.join(missing)}", SystemPackages())
+
+
+STEP = Step(
+    "packages",
+    apply,
+    Footprint(apt_packages=True),
+    # It runs first, before `layout` has made the state's folder: what it installed is
+    # written down with the next step's record.
+    records_state=False,
+)

@@ -10,14 +10,23 @@ from __future__ import annotations
 
 import re
 import secrets
+from dataclasses import dataclass
 
 from bootstrap import files
-from bootstrap.steps.base import SECRET_FILE, Context, DeployError, StepResult, ensure_file
+from bootstrap.steps.base import SECRET_FILE, DeployError, Run, ensure_file
+from bootstrap.steps.layout import Layout
+from bootstrap.steps.step import Done, Step
 
-NAME = "url-secret"
 # URL-safe base64 alphabet only: passes .NET Uri.IsWellFormedUriString, needs no escaping
 # in nginx locations, and is long enough that guessing is hopeless.
 SECRET_PATTERN = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
+
+
+@dataclass(frozen=True)
+class Secret:
+    """The URL secret, as stored on the host."""
+
+    value: str
 
 
 def new_secret() -> str:
@@ -34,17 +43,20 @@ def check_secret(secret: str) -> str:
     return secret
 
 
-def apply(ctx: Context) -> StepResult:
-    stored = files.read_file(ctx.conn, SECRET_FILE)
+def apply(run: Run, layout: Layout) -> Done[Secret]:
+    stored = files.read_file(run.conn, SECRET_FILE)
     text = stored.decode(errors="replace").strip() if stored else ""
     current = text if SECRET_PATTERN.match(text) else None
-    wanted = ctx.options.url_secret or current or new_secret()
-    ctx.secret = check_secret(wanted)
-    changed = ensure_file(ctx, SECRET_FILE, ctx.secret + "\n", mode=0o600)
+    secret = check_secret(run.options.url_secret or current or new_secret())
+    changed = ensure_file(run, SECRET_FILE, secret + "\n", mode=0o600)
     if current is None:
         detail = "created"
     elif changed:
         detail = "rotated (the old URL and QR code stop working)"
     else:
         detail = "kept"
-    return StepResult(NAME, changed, detail)
+    return Done(changed, detail, Secret(secret))
+
+
+# Its file is in the layout's /etc/synthdet.
+STEP = Step("url-secret", apply)

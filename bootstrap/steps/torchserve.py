@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from dataclasses import dataclass
 
 from bootstrap import files
 from bootstrap.steps.base import (
@@ -28,23 +29,33 @@ from bootstrap.steps.base import (
     UNIT_NAME,
     VAR_DIR,
     VENV_DIR,
-    Context,
     DeployError,
-    StepResult,
+    HostState,
+    Run,
     ensure_file,
-    poll,
     render_template,
     systemctl_is_active,
     write_state,
 )
-from bootstrap.steps.firewall import FIREWALL_UNIT_NAME
+from bootstrap.steps.firewall import Firewall
+from bootstrap.steps.step import Done, Footprint, Step
+from bootstrap.steps.upload_model import ModelStore
+from bootstrap.steps.venv import Venv
 from serving.inputs import sha256_bytes
+from serving.polling import poll
 from serving.torchserve_config import render_config_properties, torchserve_env
 
-NAME = "torchserve"
 MANAGEMENT_URL = f"http://127.0.0.1:{MANAGEMENT_PORT}"
 # TorchServe's frontend jar, inside its Python package.
 MAIN_CLASS = "org.pytorch.serve.ModelServer"
+
+
+@dataclass(frozen=True)
+class TorchServe:
+    """TorchServe runs under systemd with these models registered (or loading)."""
+
+    models: tuple[str, ...]
+
 
 # Runs on the host (python3 is there: the venv needs it); prints {"status", "body"}.
 _HTTP = r"""
@@ -87,15 +98,15 @@ except OSError:
 """
 
 
-def render_config(ctx: Context, model_names: list[str] | tuple[str, ...]) -> str:
+def render_config(run: Run, model_names: list[str] | tuple[str, ...]) -> str:
     return render_config_properties(
         inference_address=f"http://127.0.0.1:{INFERENCE_PORT}",
         management_address=f"http://127.0.0.1:{MANAGEMENT_PORT}",
         metrics_address=f"http://127.0.0.1:{METRICS_PORT}",
         model_store=MODEL_STORE,
         models={name: f"{name}.mar" for name in model_names},
-        serving=ctx.options.serving,
-        workers_per_model=ctx.workers_per_model,
+        serving=run.options.serving,
+        workers_per_model=run.workers_per_model,
         # Model (un)registration is how a changed model is reloaded without a
         # restart; the management API listens on loopback, for root only (firewall step).
         enable_model_api=True,
@@ -111,10 +122,10 @@ def ts_home(python_version: str) -> str:
     return f"{VENV_DIR}/lib/python{parts[0]}.{parts[1]}/site-packages"
 
 
-def render_unit(ctx: Context, java: str) -> str:
+def render_unit(run: Run, java: str, python_version: str, firewall_unit: str) -> str:
     env = {**torchserve_env(), "PYTHONDONTWRITEBYTECODE": "1"}
     extra = "\n".join(f"Environment={k}={v}" for k, v in sorted(env.items()))
-    serving = ctx.options.serving
+    serving = run.options.serving
     return render_template(
         "synthdet-torchserve.service",
         user=SERVICE_USER,
@@ -122,34 +133,34 @@ def render_unit(ctx: Context, java: str) -> str:
         tmp_dir=TS_TMP_DIR,
         log_dir=LOG_DIR,
         venv=VENV_DIR,
-        ts_home=ts_home(ctx.python_version),
+        ts_home=ts_home(python_version),
         java=java,
         jvm_args=f"-Xmx{serving.java_heap_mb}m -XX:+ExitOnOutOfMemoryError",
         main_class=MAIN_CLASS,
         config=CONFIG_FILE,
         model_store=MODEL_STORE,
-        firewall_unit=FIREWALL_UNIT_NAME,
+        firewall_unit=firewall_unit,
         extra_env=extra,
         # GPU device nodes (/dev/nvidia*) must stay visible when there is a GPU.
-        private_devices="no" if ctx.facts.gpus else "yes",
+        private_devices="no" if run.facts.gpus else "yes",
     )
 
 
-def java_path(ctx: Context) -> str:
-    res = ctx.conn.run("command -v java", sudo=False, check=False)
+def java_path(run: Run) -> str:
+    res = run.conn.run("command -v java", sudo=False, check=False)
     path = res.stdout.strip()
     if not res.ok or not path.startswith("/"):
         raise DeployError("java is not on the host's PATH; the packages step should have installed a JRE")
     return path
 
 
-def management(ctx: Context, method: str, path: str, timeout_s: float = 30.0) -> tuple[int, str]:
+def management(run: Run, method: str, path: str, timeout_s: float = 30.0) -> tuple[int, str]:
     """(status, body) of a management API call made on the host as root; status 0 = no answer.
 
     As root: the firewall step lets no other login user reach the management port.
     """
     url = f"{MANAGEMENT_URL}{path}"
-    res = ctx.conn.run(
+    res = run.conn.run(
         f"python3 - {shlex.quote(method)} {shlex.quote(url)} {timeout_s} <<'EOF'\n{_HTTP}\nEOF",
         timeout_s=timeout_s + 30,
     )
@@ -157,11 +168,11 @@ def management(ctx: Context, method: str, path: str, timeout_s: float = 30.0) ->
     return int(data["status"]), str(data["body"])
 
 
-def wait_for_management(ctx: Context, timeout_s: float) -> list[str]:
+def wait_for_management(run: Run, timeout_s: float) -> list[str]:
     """Registered model names, once the management API answers."""
 
     def registered() -> tuple[int, str]:
-        return management(ctx, "GET", "/models", timeout_s=10)
+        return management(run, "GET", "/models", timeout_s=10)
 
     answered, (status, body) = poll(
         registered, lambda answer: answer[0] == 200, timeout_s=timeout_s, every_s=1.0
@@ -174,15 +185,15 @@ def wait_for_management(ctx: Context, timeout_s: float) -> list[str]:
     return [m["modelName"] for m in json.loads(body).get("models", [])]
 
 
-def reload_model(ctx: Context, name: str, registered: bool) -> None:
+def reload_model(run: Run, name: str, registered: bool) -> None:
     """Unregister (if loaded) and register one model, waiting until its workers are up."""
-    timeout = ctx.options.serving.startup_timeout_s + 60
+    timeout = run.options.serving.startup_timeout_s + 60
     delete_url = f"{MANAGEMENT_URL}/models/{name}" if registered else "-"
     register_url = (
-        f"{MANAGEMENT_URL}/models?url={name}.mar&model_name={name}&initial_workers={ctx.workers_per_model}"
-        f"&synchronous=true&response_timeout={ctx.options.serving.response_timeout_s}"
+        f"{MANAGEMENT_URL}/models?url={name}.mar&model_name={name}&initial_workers={run.workers_per_model}"
+        f"&synchronous=true&response_timeout={run.options.serving.response_timeout_s}"
     )
-    res = ctx.conn.run(
+    res = run.conn.run(
         f"python3 - {shlex.quote(delete_url)} {shlex.quote(register_url)} {timeout} <<'EOF'\n{_RELOAD}\nEOF",
         timeout_s=2 * timeout + 30,
     )
@@ -195,52 +206,54 @@ def reload_model(ctx: Context, name: str, registered: bool) -> None:
         )
 
 
-def apply(ctx: Context) -> StepResult:
-    wanted = [spec.name for spec in ctx.models]
-    previous = sorted(ctx.state.loaded_models)
+def apply(run: Run, state: HostState, firewall: Firewall, venv: Venv, store: ModelStore) -> Done[TorchServe]:
+    wanted = [spec.name for spec in run.models]
+    previous = sorted(state.loaded_models)
     # Was the config, apart from its model list, already what we want? Then a
     # changed model list is applied live, without a restart.
-    same_but_models = files.sha256(ctx.conn, CONFIG_FILE) == sha256_bytes(render_config(ctx, previous))
+    same_but_models = files.sha256(run.conn, CONFIG_FILE) == sha256_bytes(render_config(run, previous))
 
-    unit_changed = ensure_file(ctx, UNIT_FILE, render_unit(ctx, java_path(ctx)))
-    config_changed = ensure_file(ctx, CONFIG_FILE, render_config(ctx, wanted), mode=0o640, group=SERVICE_USER)
+    unit = render_unit(run, java_path(run), venv.python_version, firewall.unit)
+    unit_changed = ensure_file(run, UNIT_FILE, unit)
+    config_changed = ensure_file(run, CONFIG_FILE, render_config(run, wanted), mode=0o640, group=SERVICE_USER)
     if unit_changed:
-        ctx.conn.run("systemctl daemon-reload")
-    enabled = ctx.conn.run(f"systemctl is-enabled {UNIT_NAME}", check=False).stdout.strip()
+        run.conn.run("systemctl daemon-reload")
+    enabled = run.conn.run(f"systemctl is-enabled {UNIT_NAME}", check=False).stdout.strip()
     if enabled != "enabled":
-        ctx.conn.run(f"systemctl enable {UNIT_NAME}")
+        run.conn.run(f"systemctl enable {UNIT_NAME}")
 
-    active = systemctl_is_active(ctx, UNIT_NAME)
-    restart = (
-        unit_changed or ctx.venv_changed or (config_changed and not same_but_models) or active != "active"
-    )
+    active = systemctl_is_active(run, UNIT_NAME)
+    restart = unit_changed or venv.switched or (config_changed and not same_but_models) or active != "active"
     detail: list[str] = []
     if restart:
-        ctx.progress.status("(re)starting TorchServe")
-        ctx.conn.run(f"systemctl restart {UNIT_NAME}")
-        ctx.service_restarted = True
-        ctx.state.loaded_models = dict(ctx.archive_sha256)
+        run.progress.status("(re)starting TorchServe")
+        run.conn.run(f"systemctl restart {UNIT_NAME}")
+        state.loaded_models = dict(store.sha256)
         detail.append("restarted" if active == "active" else "started")
     else:
-        registered = wait_for_management(ctx, ctx.options.health_timeout_s)
+        registered = wait_for_management(run, run.options.health_timeout_s)
         for name in wanted:
-            if ctx.state.loaded_models.get(name) == ctx.archive_sha256[name] and name in registered:
+            if state.loaded_models.get(name) == store.sha256[name] and name in registered:
                 continue
-            ctx.progress.status(f"loading model {name} (TorchServe keeps running)")
-            reload_model(ctx, name, name in registered)
-            ctx.state.loaded_models[name] = ctx.archive_sha256[name]
-            write_state(ctx)
+            run.progress.status(f"loading model {name} (TorchServe keeps running)")
+            reload_model(run, name, name in registered)
+            state.loaded_models[name] = store.sha256[name]
+            write_state(run, state)
             detail.append(f"reloaded {name}")
         for name in registered:
             if name not in wanted:
-                management(ctx, "DELETE", f"/models/{name}", timeout_s=120)
+                management(run, "DELETE", f"/models/{name}", timeout_s=120)
                 detail.append(f"unloaded {name}")
     # Archives of models no longer deployed.
     stale = [n for n in previous if n not in wanted]
     for name in stale:
-        ctx.state.loaded_models.pop(name, None)
+        state.loaded_models.pop(name, None)
     if stale:
-        ctx.conn.run("rm -f " + " ".join(shlex.quote(f"{MODEL_STORE}/{n}.mar") for n in stale))
-    write_state(ctx)
+        run.conn.run("rm -f " + " ".join(shlex.quote(f"{MODEL_STORE}/{n}.mar") for n in stale))
+    write_state(run, state)
     changed = unit_changed or config_changed or restart or bool(detail)
-    return StepResult(NAME, changed, ", ".join(detail) or "running, models current")
+    return Done(changed, ", ".join(detail) or "running, models current", TorchServe(tuple(wanted)))
+
+
+# Its config is in the layout's /etc/synthdet, its logs in /var/log/synthdet.
+STEP = Step("torchserve", apply, Footprint(units=(UNIT_NAME,), files=(UNIT_FILE,)))

@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import json
 import shlex
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from importlib import resources
 
 from bootstrap import files, python_select
-from bootstrap.api import PipSource
+from bootstrap.api import DeployOptions, PipSource
 from bootstrap.facts import HostFacts
-from bootstrap.steps.base import VENV_DIR, Context, DeployError, StepResult
+from bootstrap.steps.base import VENV_DIR, DeployError, HostState, Run
+from bootstrap.steps.layout import Layout
+from bootstrap.steps.packages import SystemPackages
+from bootstrap.steps.step import Done, Footprint, Step
 from bootstrap.torch_select import (
     DEFAULT_TORCH_INDEX,
     TorchChoice,
@@ -31,9 +34,19 @@ from bootstrap.torch_select import (
 )
 from serving.inputs import canonical_json, inputs_hash, sha256_bytes
 
-NAME = "venv"
 STAMP_NAME = ".synthdet-stamp"
 REQUIREMENTS_NAME = ".synthdet-requirements.txt"
+
+
+@dataclass(frozen=True)
+class Venv:
+    """The service venv at VENV_DIR: which torch it has and which Python runs it."""
+
+    torch: TorchChoice
+    # The venv's interpreter version ("3.11.2"): where TorchServe's files are.
+    python_version: str
+    # VENV_DIR now points at another venv: TorchServe must restart to use it.
+    switched: bool
 
 
 def host_requirements() -> str:
@@ -56,17 +69,17 @@ def pip_args(pip: PipSource) -> list[str]:
     return args
 
 
-def torch_install_args(ctx: Context, choice: TorchChoice) -> list[str]:
+def torch_install_args(options: DeployOptions, choice: TorchChoice) -> list[str]:
     """pip arguments that install torch+torchvision of the chosen build."""
-    version = ctx.options.torch_version
+    version = options.torch_version
     reqs = (
         [f"torch=={version}", f"torchvision=={torchvision_for(version)}"]
         if version
         else ["torch", "torchvision"]
     )
-    pip = ctx.options.pip
-    if ctx.options.torch_index_url or not (pip.index_url or pip.find_links):
-        base = ctx.options.torch_index_url or DEFAULT_TORCH_INDEX
+    pip = options.pip
+    if options.torch_index_url or not (pip.index_url or pip.find_links):
+        base = options.torch_index_url or DEFAULT_TORCH_INDEX
         index = choice.index_url(base) or base
         trusted = [a for h in pip.trusted_hosts for a in ("--trusted-host", h)]
         return [*reqs, "--index-url", index, *trusted]
@@ -75,7 +88,11 @@ def torch_install_args(ctx: Context, choice: TorchChoice) -> list[str]:
 
 
 def stamp_for(
-    ctx: Context, choice: TorchChoice, python: str, requirements: str, python_version: str | None = None
+    options: DeployOptions,
+    choice: TorchChoice,
+    python: str,
+    requirements: str,
+    python_version: str | None = None,
 ) -> str:
     inputs = {
         "python": python,
@@ -84,10 +101,10 @@ def stamp_for(
         "python_version": python_version,
         "reuse_image_torch": choice.reuse_image,
         "build": choice.build.flavor if choice.build else None,
-        "torch_version": ctx.options.torch_version,
+        "torch_version": options.torch_version,
         "requirements": sha256_bytes(requirements),
-        "pip": pip_args(ctx.options.pip),
-        "torch_index": ctx.options.torch_index_url,
+        "pip": pip_args(options.pip),
+        "torch_index": options.torch_index_url,
         "version": 1,
     }
     return canonical_json(inputs)
@@ -114,57 +131,55 @@ def choose_torch(facts: HostFacts, selected: python_select.SelectedPython) -> To
     return choice
 
 
-def apply(ctx: Context) -> StepResult:
-    selected = python_select.resolve(ctx, pip_args(ctx.options.pip))
-    choice = choose_torch(ctx.facts, selected)
-    ctx.torch = choice
-    ctx.python_version = selected.version
+def apply(run: Run, state: HostState, packages: SystemPackages, layout: Layout) -> Done[Venv]:
+    selected = python_select.resolve(run, state, pip_args(run.options.pip))
+    choice = choose_torch(run.facts, selected)
     python = selected.path
     requirements = host_requirements()
-    stamp = stamp_for(ctx, choice, python, requirements, selected.version)
+    stamp = stamp_for(run.options, choice, python, requirements, selected.version)
     # Each set of inputs gets its own directory; VENV_DIR is a symlink to the
     # current one. A failed install never touches the venv the service runs.
     target = f"{VENV_DIR}-{inputs_hash(json.loads(stamp))[:12]}"
     q = shlex.quote
-    have = ctx.conn.run(
+    have = run.conn.run(
         f'echo "$(readlink {VENV_DIR})"; cat {target}/{STAMP_NAME} 2>/dev/null', check=False
     ).stdout
     current, _, stamp_there = have.partition("\n")
-    built = stamp_there.strip() == stamp and ctx.conn.run(f"test -x {target}/bin/torchserve", check=False).ok
+    built = stamp_there.strip() == stamp and run.conn.run(f"test -x {target}/bin/torchserve", check=False).ok
     if built and current.strip() == target:
-        return StepResult(NAME, False, f"Python {selected.version} ({selected.source}); {choice.reason}")
+        detail = f"Python {selected.version} ({selected.source}); {choice.reason}"
+        return Done(False, detail, Venv(choice, selected.version, switched=False))
 
     if not built:
-        ctx.progress.status(f"preparing the service venv: {choice.reason}")
+        run.progress.status(f"preparing the service venv: {choice.reason}")
         site = "--system-site-packages " if choice.reuse_image else ""
-        ctx.conn.run(f"rm -rf {target} && {q(python)} -m venv {site}{target}", timeout_s=300)
+        run.conn.run(f"rm -rf {target} && {q(python)} -m venv {site}{target}", timeout_s=300)
         pip = f"{target}/bin/python -m pip --disable-pip-version-check --no-input -q"
         reqs = f"{target}/{REQUIREMENTS_NAME}"
-        files.upload_atomic(ctx.conn, requirements.encode(), reqs)
+        files.upload_atomic(run.conn, requirements.encode(), reqs)
         if not choice.reuse_image:
-            ctx.progress.status(f"installing torch ({choice.build.flavor if choice.build else '?'})")
-            _pip(ctx, f"{pip} install {' '.join(q(a) for a in torch_install_args(ctx, choice))}")
-        ctx.progress.status("installing TorchServe and the handler's dependencies (locked, hash-checked)")
-        extra = " ".join(q(a) for a in pip_args(ctx.options.pip))
-        _pip(ctx, f"{pip} install {extra} --require-hashes -r {reqs}")
-        info = _verify(ctx, target, choice)
-        files.upload_atomic(ctx.conn, stamp.encode(), f"{target}/{STAMP_NAME}")
+            run.progress.status(f"installing torch ({choice.build.flavor if choice.build else '?'})")
+            _pip(run, f"{pip} install {' '.join(q(a) for a in torch_install_args(run.options, choice))}")
+        run.progress.status("installing TorchServe and the handler's dependencies (locked, hash-checked)")
+        extra = " ".join(q(a) for a in pip_args(run.options.pip))
+        _pip(run, f"{pip} install {extra} --require-hashes -r {reqs}")
+        info = _verify(run, target, choice)
+        files.upload_atomic(run.conn, stamp.encode(), f"{target}/{STAMP_NAME}")
         detail = f"Python {selected.version} ({selected.source}); {choice.reason}; torch {info.get('torch')}"
     else:
         detail = f"{choice.reason} (switched back to an existing venv)"
     # Atomic switch (rename over the old link), then drop the older venvs.
-    ctx.conn.run(
+    run.conn.run(
         f"ln -sfn {target} {VENV_DIR}.new && mv -Tf {VENV_DIR}.new {VENV_DIR} && "
         f'for d in {VENV_DIR}-*; do [ "$d" = {target} ] || rm -rf "$d"; done'
     )
-    ctx.venv_changed = True
-    return StepResult(NAME, True, detail)
+    return Done(True, detail, Venv(choice, selected.version, switched=True))
 
 
-def _verify(ctx: Context, venv: str, choice: TorchChoice) -> dict[str, object]:
+def _verify(run: Run, venv: str, choice: TorchChoice) -> dict[str, object]:
     """Import torch and TorchServe in the new venv; a GPU host must see its GPU."""
-    facts = ctx.facts
-    verify = ctx.conn.run(f"{venv}/bin/python - <<'EOF'\n{VERIFY}\nEOF", check=False)
+    facts = run.facts
+    verify = run.conn.run(f"{venv}/bin/python - <<'EOF'\n{VERIFY}\nEOF", check=False)
     try:
         info = json.loads(verify.stdout.strip().splitlines()[-1]) if verify.ok else None
     except (json.JSONDecodeError, IndexError):
@@ -183,11 +198,16 @@ def _verify(ctx: Context, venv: str, choice: TorchChoice) -> dict[str, object]:
     return info
 
 
-def _pip(ctx: Context, cmd: str) -> None:
-    res = ctx.conn.run(cmd, check=False, timeout_s=3600, env={"PIP_DEFAULT_TIMEOUT": "60"})
+def _pip(run: Run, cmd: str) -> None:
+    res = run.conn.run(cmd, check=False, timeout_s=3600, env={"PIP_DEFAULT_TIMEOUT": "60"})
     if not res.ok:
         raise DeployError(
             f"pip failed on the host (exit {res.rc}): {(res.stderr or res.stdout).strip()[-1200:]}"
             "\nCheck the package index options (--pip-index-url / --pip-find-links) and that "
             "the host can reach it."
         )
+
+
+# Its venvs (and uv's Pythons) are in the layout's /opt/synthdet; it may apt-install a
+# newer Python (bootstrap.python_select).
+STEP = Step("venv", apply, Footprint(apt_packages=True))

@@ -144,7 +144,8 @@ wait_for_gpu_driver
 make_venv
 # A later boot without the bucket (gone, unreachable) keeps serving what it has: every
 # file it needs is cached and checked, and the deployed service is enabled anyway.
-if fetch "$CONFIG_OBJECT" "$FILES/boot.json.new"; then
+# boot.json holds the URL secret: written 0600 from its first byte (umask 077 in a subshell).
+if (umask 077 && fetch "$CONFIG_OBJECT" "$FILES/boot.json.new"); then
   chmod 600 "$FILES/boot.json.new"
   mv -f "$FILES/boot.json.new" "$FILES/boot.json"
 elif [ -f "$FILES/boot.json" ]; then

@@ -33,7 +33,7 @@ def tags() -> dict[str, str]:
 def build_host(settings: Settings) -> Host:
     stack, providers = settings.stack, settings.providers
     if stack.max_run_hours:
-        pulumi.log.warn("synthdet:maxRunHours applies to GCP only; use idleStopMinutes on AWS")
+        pulumi.log.warn("synthdet:maxRunHours applies to GCP only; use idleStopMinutes on AWS too")
     ssh_cidrs, endpoint_cidrs = firewall_cidrs(stack)
     return AwsGpuHost(
         NAME,
@@ -45,12 +45,13 @@ def build_host(settings: Settings) -> Host:
             image_override=stack.image,
             disk_size_gb=stack.disk_size_gb,
             spot=stack.spot,
-            idle_stop_minutes=stack.idle_stop_minutes,
             ssh_user=stack.ssh_user,
             ssh_key_path=stack.ssh_private_key_path,
             ssh_cidrs=ssh_cidrs,
             endpoint_cidrs=endpoint_cidrs,
             public_port=stack.public_port,
+            availability_zone=stack.availability_zone,
+            profile=pulumi.Config("aws").get("profile") or "",
             tags={"app": NAME, "stack": pulumi.get_stack()},
         ),
     ).host
@@ -90,7 +91,6 @@ class AwsFleet(pulumi.ComponentResource):
                 subnets=subnets,
                 endpoint_cidrs=resolve_cidrs(stack.endpoint_cidrs),
                 public_port=stack.public_port,
-                url_secret=url_secret,
                 domain=stack.domain,
                 tags=labels,
             ),
@@ -121,7 +121,7 @@ class AwsFleet(pulumi.ComponentResource):
         address = pulumi.Output.from_input(stack.domain) if stack.domain else balancer.dns_name
         self.fleet = Fleet(
             base_url=address.apply(lambda a: base_url(a, stack.public_port)),
-            public_ip=balancer.dns_name,
+            address=balancer.dns_name,
             group_id=group.group_name,
             cert_sha256=balancer.cert_sha256,
             bucket=artifacts.bucket_name,

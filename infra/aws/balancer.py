@@ -1,10 +1,10 @@
 """An Application Load Balancer in the region's default VPC, in front of the replicas.
 
-HTTPS listener (the ACM certificate; anything but the secret's paths a fixed
-404) -> listener rule (only the secret's paths) -> target group (HTTPS to the
-instances, health check on a path without the secret, deregistration delay =
-connection draining). The Auto Scaling group (`infra/aws/group.py`) registers
-its instances in the target group.
+HTTPS listener (the ACM certificate; every path forwarded: the secret is checked
+by nginx on the instances, never written into the balancer) -> target group
+(HTTPS to the instances, health check on a path without the secret,
+deregistration delay = connection draining). The Auto Scaling group
+(`infra/aws/group.py`) registers its instances in the target group.
 """
 
 from __future__ import annotations
@@ -23,10 +23,9 @@ from infra.fleet import (
     HEALTHY_THRESHOLD,
     UNHEALTHY_THRESHOLD,
 )
-from serving.endpoint import LB_HEALTH_PATH, health_path, prediction_path
+from serving.endpoint import LB_HEALTH_PATH
 
 TLS_POLICY = "ELBSecurityPolicy-TLS13-1-2-2021-06"
-RULE_PRIORITY = 10
 ALB_IDLE_TIMEOUT_S = 60
 
 
@@ -36,7 +35,6 @@ class AwsLoadBalancerArgs:
     subnets: pulumi.Output[list[str]]
     endpoint_cidrs: list[str]
     public_port: int
-    url_secret: pulumi.Output[str]
     domain: str = ""
     tags: dict[str, str] = field(default_factory=dict)
 
@@ -49,7 +47,8 @@ class AwsLoadBalancer(pulumi.ComponentResource):
     dns_name: pulumi.Output[str]
     cert_sha256: pulumi.Output[str | None]
     dns_records: pulumi.Output[list[dict[str, str]]]
-    # What routes requests to the target group: autoscaling on its requests waits for it.
+    # What routes requests to the target group (the listener): autoscaling on its
+    # requests waits for it.
     routing: pulumi.Resource
 
     def __init__(
@@ -104,38 +103,18 @@ class AwsLoadBalancer(pulumi.ComponentResource):
         certificate = AwsCertificate(
             f"{name}-cert", balancer_dns_name=balancer.dns_name, domain=args.domain, tags=tags, opts=child
         )
-        listener = aws.lb.Listener(
+        # Every path to the instances: no listener rule knows the secret (anyone who can
+        # read the account's configuration, or CloudTrail, would read it there). nginx on
+        # each instance checks the secret, as on a single host, and answers the rest 404.
+        self.routing = aws.lb.Listener(
             f"{name}-https",
             load_balancer_arn=balancer.arn,
             port=args.public_port,
             protocol="HTTPS",
             ssl_policy=TLS_POLICY,
             certificate_arn=certificate.certificate_arn,
-            # Anything but the secret's paths: the balancer's own 404, never an instance.
             default_actions=[
-                aws.lb.ListenerDefaultActionArgs(
-                    type="fixed-response",
-                    fixed_response=aws.lb.ListenerDefaultActionFixedResponseArgs(
-                        content_type="application/json",
-                        message_body='{"code": 404, "error": "not found"}',
-                        status_code="404",
-                    ),
-                )
-            ],
-            tags=tags,
-            opts=child,
-        )
-        self.routing = aws.lb.ListenerRule(
-            f"{name}-secret-paths",
-            listener_arn=listener.arn,
-            priority=RULE_PRIORITY,
-            actions=[aws.lb.ListenerRuleActionArgs(type="forward", target_group_arn=target_group.arn)],
-            conditions=[
-                aws.lb.ListenerRuleConditionArgs(
-                    path_pattern=aws.lb.ListenerRuleConditionPathPatternArgs(
-                        values=args.url_secret.apply(lambda s: [f"{prediction_path('', s)}*", health_path(s)])
-                    )
-                )
+                aws.lb.ListenerDefaultActionArgs(type="forward", target_group_arn=target_group.arn)
             ],
             tags=tags,
             opts=child,

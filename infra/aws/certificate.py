@@ -30,12 +30,6 @@ class AwsCertificate(pulumi.ComponentResource):
             requested = aws.acm.Certificate(
                 name, domain_name=domain, validation_method="DNS", tags=tags, opts=child
             )
-            # Waits (up to its timeout) until the user has created the validation record.
-            validated = aws.acm.CertificateValidation(
-                f"{name}-validation", certificate_arn=requested.arn, opts=child
-            )
-            self.certificate_arn = validated.certificate_arn
-            self.sha256 = pulumi.Output.from_input(None)
             self.validation_records = requested.domain_validation_options.apply(
                 lambda options: [
                     {
@@ -46,6 +40,15 @@ class AwsCertificate(pulumi.ComponentResource):
                     for o in (options or [])
                 ]
             )
+            # Said as soon as ACM has issued the record, while the validation below waits for
+            # it: the `dns_records` output only appears once the whole update is done.
+            self.validation_records.apply(lambda records: _say_validation_records(domain, records, requested))
+            # Waits (up to the provider's 75 min) until the user has created the validation record.
+            validated = aws.acm.CertificateValidation(
+                f"{name}-validation", certificate_arn=requested.arn, opts=child
+            )
+            self.certificate_arn = validated.certificate_arn
+            self.sha256 = pulumi.Output.from_input(None)
         else:
             # The DNS name goes in the SAN only: it can be longer than a CN may be (64).
             pair = SelfSignedCertificate(name, dns_names=balancer_dns_name.apply(lambda d: [d]), opts=child)
@@ -61,3 +64,13 @@ class AwsCertificate(pulumi.ComponentResource):
             self.sha256 = pair.sha256
             self.validation_records = pulumi.Output.from_input([])
         self.register_outputs({"certificate_arn": self.certificate_arn})
+
+
+def _say_validation_records(domain: str, records: list[dict[str, str]], certificate: pulumi.Resource) -> None:
+    for record in records:
+        pulumi.log.warn(
+            f"create this DNS record now for {domain}'s certificate: {record['name']} {record['type']} "
+            f"{record['value']} (pulumi up waits for it, up to 75 minutes; then point {domain} at the "
+            "load balancer: the `dns_records` output)",
+            resource=certificate,
+        )

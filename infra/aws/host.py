@@ -1,4 +1,4 @@
-"""A GPU VM on EC2: security group, key pair, Elastic IP, instance (and an idle alarm).
+"""A GPU VM on EC2: security group, key pair, Elastic IP, instance.
 
 The helpers here (security rules, the AMI lookup, the root volume, prices)
 are the AWS facts the replica fleet (`infra/aws/group.py`) reuses.
@@ -6,23 +6,17 @@ are the AWS facts the replica fleet (`infra/aws/group.py`) reuses.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import pulumi
 import pulumi_aws as aws
 
 from infra.host import Host, instance_known_hosts, ssh_key
-from infra.images import ImageChoice
+from infra.images import NO_GPU, ImageChoice, ami_filters
 from infra.network import split_families
-from infra.pricing import Estimate, aws_hourly, warn_missing
+from infra.pricing import Estimate, aws_hourly, stopped_hourly, warn_missing
 
 ROOT_VOLUME_TYPE = "gp3"
-# Below this average CPU (percent) for `idle_stop_minutes`, the instance is stopped.
-# TorchServe's idle JVM and nginx sit well under it; JPEG decoding of one phone's
-# frames does not.
-IDLE_CPU_PERCENT = 3.0
-ALARM_PERIOD_S = 300
 
 
 @dataclass
@@ -36,12 +30,15 @@ class AwsGpuHostArgs:
     public_port: int
     disk_size_gb: int = 125
     spot: bool = False
-    idle_stop_minutes: int = 0
     # An AMI id; empty: the newest AMI of the image table's line.
     image_override: str = ""
     ssh_user: str = ""
     ssh_key_path: str = ""
     tags: dict[str, str] = field(default_factory=dict)
+    # Empty: EC2 picks a zone (a default subnet) of the region.
+    availability_zone: str = ""
+    # The named profile Pulumi's provider uses (`aws:profile`), for `synthdet wake`/`status`.
+    profile: str = ""
 
 
 def market_options(spot: bool) -> aws.ec2.InstanceInstanceMarketOptionsArgs | None:
@@ -60,6 +57,16 @@ def market_options(spot: bool) -> aws.ec2.InstanceInstanceMarketOptionsArgs | No
             instance_interruption_behavior="terminate", spot_instance_type="one-time"
         ),
     )
+
+
+def shutdown_behavior(spot: bool) -> str:
+    """What EC2 does when the instance powers itself off (idle stop: `systemctl poweroff`).
+
+    On-demand: stop, keeping the root volume, the Elastic IP and the deployment, so the
+    same URL and QR code come back with `synthdet wake`. A one-time spot instance cannot
+    be stopped, only terminated (the config refuses idle stop with spot on AWS).
+    """
+    return "terminate" if spot else "stop"
 
 
 def ingress_rule(description: str, port: int, cidrs: list[str]) -> aws.ec2.SecurityGroupIngressArgs:
@@ -91,8 +98,6 @@ class AwsGpuHost(pulumi.ComponentResource):
     """One GPU instance with an Elastic IP, reachable on SSH (from `ssh_cidrs`) and the port."""
 
     host: Host
-    public_ip: pulumi.Output[str]
-    instance_id: pulumi.Output[str]
 
     def __init__(self, name: str, args: AwsGpuHostArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("synthdet:index:AwsGpuHost", name, None, opts)
@@ -126,6 +131,8 @@ class AwsGpuHost(pulumi.ComponentResource):
                 encrypted=True,
             ),
             instance_market_options=market_options(args.spot),
+            instance_initiated_shutdown_behavior=shutdown_behavior(args.spot),
+            availability_zone=args.availability_zone or None,
             metadata_options=aws.ec2.InstanceMetadataOptionsArgs(http_tokens="required"),
             tags=tags,
             # The AMI lookup moves to each new DLAMI release; that must not replace a
@@ -139,50 +146,29 @@ class AwsGpuHost(pulumi.ComponentResource):
             allocation_id=eip.allocation_id,
             opts=child,
         )
-        if args.idle_stop_minutes > 0:
-            self._idle_alarm(name, args, instance, tags)
-
         cost = hourly_cost(args.region, args.instance_type, args.disk_size_gb)
 
-        self.public_ip = eip.public_ip
-        self.instance_id = instance.id
         self.ami = ami
         self.host = Host(
-            public_ip=eip.public_ip,
+            address=eip.public_ip,
             instance_id=instance.id,
             ssh_user=args.ssh_user or args.image.ssh_user,
             ssh_port=22,
             ssh_private_key=key.private_key,
             ssh_key_path=key.path,
-            gpu=args.gpu,
+            gpu=args.gpu if args.gpu != NO_GPU else None,
             machine_type=args.instance_type,
             hourly_cost_usd=cost.rounded(),
             ready=[instance, association],
             known_hosts=instance_known_hosts(instance.id),
+            cloud_vm=instance.id.apply(
+                lambda i: {"cloud": "aws", "region": args.region, "instance_id": i, "profile": args.profile}
+            ),
+            stopped_hourly_cost_usd=warn_missing(
+                stopped_hourly("aws", args.region, args.disk_size_gb, ROOT_VOLUME_TYPE)
+            ).rounded(),
         )
-        self.register_outputs({"public_ip": self.public_ip, "instance_id": self.instance_id, "ami": self.ami})
-
-    def _idle_alarm(
-        self, name: str, args: AwsGpuHostArgs, instance: aws.ec2.Instance, tags: dict[str, str]
-    ) -> aws.cloudwatch.MetricAlarm:
-        """Stop (not terminate) the instance after a quiet stretch: idle GPUs are expensive."""
-        periods = max(1, math.ceil(args.idle_stop_minutes * 60 / ALARM_PERIOD_S))
-        return aws.cloudwatch.MetricAlarm(
-            f"{name}-idle-stop",
-            alarm_description=f"stop {name} after {args.idle_stop_minutes} idle minutes",
-            namespace="AWS/EC2",
-            metric_name="CPUUtilization",
-            statistic="Average",
-            dimensions={"InstanceId": instance.id},
-            period=ALARM_PERIOD_S,
-            evaluation_periods=periods,
-            threshold=IDLE_CPU_PERCENT,
-            comparison_operator="LessThanThreshold",
-            treat_missing_data="notBreaching",
-            alarm_actions=[f"arn:aws:automate:{args.region}:ec2:stop"],
-            tags=tags,
-            opts=pulumi.ResourceOptions(parent=self),
-        )
+        self.register_outputs({"public_ip": eip.public_ip, "instance_id": instance.id, "ami": self.ami})
 
 
 def lookup_ami(image: ImageChoice, image_override: str, parent: pulumi.Resource) -> pulumi.Output[str]:
@@ -193,10 +179,6 @@ def lookup_ami(image: ImageChoice, image_override: str, parent: pulumi.Resource)
         most_recent=True,
         owners=list(image.ami_owners),
         include_deprecated=image.ami_include_deprecated,
-        filters=[
-            aws.ec2.GetAmiFilterArgs(name="name", values=[image.ami_name or ""]),
-            aws.ec2.GetAmiFilterArgs(name="architecture", values=["x86_64"]),
-            aws.ec2.GetAmiFilterArgs(name="state", values=["available"]),
-        ],
+        filters=[aws.ec2.GetAmiFilterArgs(name=k, values=v) for k, v in ami_filters(image).items()],
         opts=pulumi.InvokeOutputOptions(parent=parent),
     ).id

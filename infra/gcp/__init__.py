@@ -121,7 +121,6 @@ class GcpFleet(pulumi.ComponentResource):
                 certificate_id=certificate.certificate_id,
                 instance_group=group.instance_group,
                 health_check_id=group.health_check_id,
-                url_secret=url_secret,
                 public_port=stack.public_port,
                 requests_per_replica=stack.requests_per_replica,
                 labels=tags,
@@ -134,7 +133,7 @@ class GcpFleet(pulumi.ComponentResource):
         shown = stack.domain or None
         self.fleet = Fleet(
             base_url=address.address.apply(lambda a: base_url(shown or a, stack.public_port)),
-            public_ip=address.address,
+            address=address.address,
             group_id=group.group_id,
             cert_sha256=certificate.sha256,
             bucket=artifacts.bucket_name,
@@ -143,7 +142,7 @@ class GcpFleet(pulumi.ComponentResource):
                 lambda a: [{"name": stack.domain, "type": "A", "value": a}] if stack.domain else []
             ),
         )
-        self.register_outputs({"public_ip": address.address, "group": group.group_id})
+        self.register_outputs({"address": address.address, "group": group.group_id})
 
 
 def gcp_address(name: str, project: str | None, opts: pulumi.ResourceOptions) -> gcp.compute.GlobalAddress:

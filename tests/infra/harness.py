@@ -9,7 +9,6 @@ assert policy (GPU, ports, CIDRs, secrets, ordering) on the graph itself.
 from __future__ import annotations
 
 import asyncio
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ FAKE_PRIVATE_KEY = (
 FAKE_URL_SECRET = "UrlSecretUrlSecretUrlSecret12345"
 FAKE_AMI = "ami-0123456789abcdef0"
 GCP_IP = "203.0.113.10"
+GCP_PROJECT = "mock-project"
 AWS_IP = "203.0.113.20"
 CERT = "AB:CD:EF"
 BOOTSTRAP_TYPE = "pulumi-python:dynamic/synthdet:Bootstrap"
@@ -106,7 +106,12 @@ class GraphMocks(pulumi.runtime.Mocks):
         if typ == "gcp:compute/address:Address":
             return {"address": GCP_IP}
         if typ == "gcp:compute/instance:Instance":
-            return {"instance_id": "4242"}
+            # As the provider fills them: an auto-name, the provider's project when none is given.
+            return {
+                "instance_id": "4242",
+                "name": f"{name}-1a2b3c4",
+                "project": inputs.get("project") or GCP_PROJECT,
+            }
         if typ == "aws:ec2/eip:Eip":
             return {"public_ip": AWS_IP, "allocation_id": "eipalloc-1"}
         if typ == "aws:ec2/keyPair:KeyPair":
@@ -190,15 +195,6 @@ def stack_names() -> list[str]:
     return sorted(p.name[len("Pulumi.") : -len(".yaml")] for p in STACKS_DIR.glob("Pulumi.*.yaml"))
 
 
-def engine_value(value: Any) -> str:
-    """Config as the engine hands it to a program: strings, JSON for structures."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, dict)):
-        return json.dumps(value)
-    return str(value)
-
-
 def _ensure_event_loop() -> None:
     """Pulumi's mocks make futures on the current event loop, and a test that ran
     asyncio.run() earlier in this process leaves none behind: make one only then (one per
@@ -214,6 +210,7 @@ def _ensure_event_loop() -> None:
 def run_program(stack: str, overrides: dict[str, Any] | None = None) -> ProgramRun:
     """Run infra/__main__.py's main() for a stack file plus overrides, against mocks."""
     from infra.__main__ import main
+    from infra.preflight import engine_value
 
     config = {**project_defaults(), **stack_config(stack), **(overrides or {})}
     config = {k: engine_value(v) for k, v in config.items() if v is not None}

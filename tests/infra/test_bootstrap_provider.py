@@ -38,7 +38,7 @@ def props(**changes: Any) -> dict[str, Any]:
         "port": 22.0,  # numbers arrive as floats from the engine
         "user": "synthdet",
         "private_key": rpc.wrap_rpc_secret(KEY),
-        "instance_id": "projects/p/zones/z/instances/vm-1",
+        "machine_id": "projects/p/zones/z/instances/vm-1",
         "known_hosts": "/tmp/kh",
         "models": [{"name": "synthdet", "checkpoint": "/models/a.pth", "label_map": None}],
         "fingerprints": {"synthdet": "a" * 64},
@@ -89,7 +89,7 @@ def test_moving_a_checkpoint_without_changing_it_is_not_a_change():
     "key, value",
     [
         ("host", "203.0.113.99"),
-        ("instance_id", "projects/p/zones/z/instances/vm-2"),
+        ("machine_id", "projects/p/zones/z/instances/vm-2"),
         ("user", "ubuntu"),
         ("port", 2222.0),
     ],
@@ -102,8 +102,18 @@ def test_another_machine_replaces_deleting_first(key, value):
 
 
 def test_unknown_host_in_preview_is_a_replacement():
-    result = diff_props(props(), props(host=rpc.UNKNOWN, instance_id=rpc.UNKNOWN))
-    assert set(result.replaces) == {"host", "instance_id"}
+    result = diff_props(props(), props(host=rpc.UNKNOWN, machine_id=rpc.UNKNOWN))
+    assert set(result.replaces) == {"host", "machine_id"}
+
+
+def test_state_from_before_machine_id_was_named_so_is_no_change():
+    """Stacks deployed earlier stored the machine's id as `instance_id`: reading that state
+    must not replace the bootstrap (an undeploy, a redeploy and a new certificate)."""
+    old_state = props()
+    old_state["instance_id"] = old_state.pop("machine_id")
+    assert diff_props(old_state, props()).changes is False
+    moved = diff_props(old_state, props(machine_id="projects/p/zones/z/instances/vm-2"))
+    assert moved.replaces == ["machine_id"]
 
 
 # ------------------------------------------------------------------ mapping to the bootstrap API

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from infra.config import TORCHSERVE_PORTS, ConfigError
+from infra.config import ConfigError
 from tests.infra.conftest import DEPLOYER_IP
 from tests.infra.harness import (
     AWS_IP,
@@ -28,8 +28,6 @@ from tests.infra.harness import (
 
 REQUIRED_OUTPUTS = {
     "endpoint",
-    "public_ip",
-    "instance_id",
     "ssh_command",
     "cert_sha256",
     "qr",
@@ -42,6 +40,9 @@ HOST_TYPES = {
     "ssh": "synthdet:index:ExistingHost",
 }
 ANYWHERE = {"0.0.0.0/0", "::/0"}
+# TorchServe's ports on a deployed host (HTTP inference, management, metrics; gRPC),
+# restated here: the config must refuse exactly these as the public port.
+HOST_TORCHSERVE_PORTS = (18080, 18081, 18082, 7070, 7071)
 
 
 def test_the_expected_stacks_exist():
@@ -148,7 +149,7 @@ def test_only_ssh_from_deployer_and_https_from_anywhere(stack, required):
     rules = open_rules(run)
     assert sorted(port for port, _ in rules) == [22, 443]
     for port, cidrs in rules:
-        assert port not in TORCHSERVE_PORTS
+        assert port not in HOST_TORCHSERVE_PORTS
         if port == 22:
             assert cidrs == [f"{DEPLOYER_IP}/32"]
             assert not set(cidrs) & ANYWHERE
@@ -163,6 +164,7 @@ def test_configured_ports_and_cidrs_are_used(stack, required):
         required(stack)
         | {
             "synthdet:publicPort": 8443,
+            "synthdet:acme": False,  # ACME validates on 443 only
             "synthdet:sshAllowedCidrs": ["10.1.0.0/16", "2001:db8::/32"],
             "synthdet:endpointCidrs": ["192.0.2.0/24"],
         },
@@ -178,10 +180,18 @@ def test_ssh_from_anywhere_only_when_asked_and_then_warned(required):
     assert any("whole internet" in line for line in run.logs)
 
 
-@pytest.mark.parametrize("port", sorted(TORCHSERVE_PORTS | {22}))
+@pytest.mark.parametrize("port", [*HOST_TORCHSERVE_PORTS, 22])
 def test_torchserve_ports_cannot_be_the_public_port(port, required):
-    with pytest.raises(ConfigError, match="publicPort"):
+    with pytest.raises(ConfigError, match=rf"publicPort: .*port {port} is reserved"):
         run_program("gcp-t4", required("gcp-t4") | {"synthdet:publicPort": port})
+
+
+@pytest.mark.parametrize("port", [8080, 8081, 8082])
+def test_ports_torchserve_does_not_use_on_the_host_are_fine(port, required):
+    # TorchServe's upstream defaults, which our hosts move away from: nothing clashes.
+    run = run_program("gcp-t4", required("gcp-t4") | {"synthdet:publicPort": port, "synthdet:acme": False})
+    assert port in dict(open_rules(run))
+    assert f":{port}/" in run.outputs["endpoint"]
 
 
 def test_gcp_uses_its_own_network_not_default(required):
@@ -336,16 +346,6 @@ def test_aws_spot_is_a_one_time_request(required):
     assert not run.of_type("aws:cloudwatch/metricAlarm:MetricAlarm")
 
 
-def test_aws_idle_stop(required):
-    run = run_program(
-        "aws-t4", required("aws-t4") | {"synthdet:idleStopMinutes": 30, "aws:region": "us-west-2"}
-    )
-    alarm = run.one("aws:cloudwatch/metricAlarm:MetricAlarm")
-    assert alarm.plain("alarmActions") == ["arn:aws:automate:us-west-2:ec2:stop"]
-    assert alarm.plain("metricName") == "CPUUtilization"
-    assert alarm.plain("period") * alarm.plain("evaluationPeriods") == 30 * 60
-
-
 def test_aws_spot_with_idle_stop_is_refused_before_anything_bills(required):
     # AWS refuses to stop an instance of a one-time spot request: the alarm would fail and
     # the idle instance keep billing.
@@ -357,6 +357,25 @@ def test_aws_spot_with_idle_stop_is_refused_before_anything_bills(required):
 def test_no_idle_alarm_by_default(required):
     run = run_program("aws-t4", required("aws-t4"))
     assert not run.of_type("aws:cloudwatch/metricAlarm:MetricAlarm")
+
+
+@pytest.mark.parametrize(
+    ("stack", "ip", "vm_type"),
+    [
+        ("gcp-t4", GCP_IP, "gcp:compute/instance:Instance"),
+        ("aws-t4", AWS_IP, "aws:ec2/instance:Instance"),
+        ("aws-m60", AWS_IP, "aws:ec2/instance:Instance"),
+    ],
+)
+def test_cloud_host_outputs_its_static_ip_and_instance(stack, ip, vm_type, required):
+    run = run_program(stack, required(stack))
+    vm = run.one(vm_type)
+    assert run.outputs["public_ip"] == ip
+    assert run.outputs["instance_id"] == f"{vm.name}-id"
+    assert "address" not in run.outputs and "group_id" not in run.outputs
+    boot = run.one(BOOTSTRAP_TYPE)
+    assert boot.plain("host") == ip
+    assert boot.plain("machine_id") == f"{vm.name}-id"  # a new VM is another machine
 
 
 # ------------------------------------------------------------------ ssh stack and keys
@@ -371,6 +390,13 @@ def test_ssh_stack_has_no_cloud_resources(required, key_file):
     assert boot.plain("private_key") == key_file.read_text()
     assert run.outputs["hourly_cost_usd"] is None
     assert run.outputs["ssh_command"] == f"ssh -i {key_file} root@192.0.2.50"
+    # The configured name or address (not necessarily public, nor an IP) and no cloud id.
+    assert run.outputs["address"] == "192.0.2.50"
+    assert not {"public_ip", "instance_id"} & set(run.outputs)
+    # The login identifies the machine, as it did when this was called instance_id
+    # (same value: an existing stack is not redeployed by the rename).
+    assert boot.plain("machine_id") == "root@192.0.2.50:22"
+    assert "instance_id" not in boot.inputs
 
 
 def test_ssh_stack_needs_host_and_key(checkpoint):

@@ -2,16 +2,18 @@
 
 Policy asserted on the resource graph: the cloud's machinery (template, group,
 health check, balancer, certificate) is there and wired; only the balancer may
-reach the instances and only on the instance port; the balancer routes only
-the secret's paths (everything else is its own 404); health checks use a
+reach the instances and only on the instance port; the balancer forwards every
+path and knows no secret (nginx on the instances checks it); health checks use a
 path without the secret; connections drain; each instance gets a startup script (no secret
-in it) that fetches from a private bucket the stack fills; outputs describe
+in it) that fetches from a private bucket the stack fills; the URL secret is in no
+cloud resource's configuration, only in boot.json's (secret) content; outputs describe
 the balancer's URL, secrets stay secret; `replicas: 1` is the single host.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
 import subprocess
@@ -150,16 +152,6 @@ def only_object_content(run: ProgramRun, typ: str) -> dict[str, Any]:
     return json.loads(config[0].plain("content"))
 
 
-def assert_secret_only_where_routing_needs_it(run: ProgramRun, routing_types: set[str]) -> None:
-    """The URL secret is in the secret outputs, boot.json and the balancer's routing rule
-    only: never in a health check, a startup script or a plain output."""
-    for resource in run.resources:
-        if resource.type in routing_types or resource.name.endswith("boot-config"):
-            continue
-        for key, value in resource.inputs.items():
-            assert FAKE_URL_SECRET not in json.dumps(harness.unwrap(value), default=str), (resource.type, key)
-
-
 def check_script(script: str, source: str) -> None:
     assert script.startswith("#!/bin/bash")
     assert f"SOURCE={source}" in script
@@ -205,7 +197,6 @@ def test_gcp_three_replicas_behind_the_global_load_balancer(required):
 
     # Health check on a path without the secret, over the instance's TLS.
     assert health.plain("httpsHealthCheck") == {"port": 443, "requestPath": "/synthdet-health"}
-    assert_secret_only_where_routing_needs_it(run, {"gcp:compute/uRLMap:URLMap"})
 
     backend = run.one("gcp:compute/backendService:BackendService")
     assert backend.plain("loadBalancingScheme") == "EXTERNAL_MANAGED"
@@ -217,17 +208,10 @@ def test_gcp_three_replicas_behind_the_global_load_balancer(required):
     assert backend.plain("backends")[0]["balancingMode"] == "RATE"
     assert backend.plain("logConfig") == {"enable": False}  # logs would hold the secret URL
 
+    # Every path goes to the backends (nginx there checks the secret): no rule, no matcher.
     url_map = run.one("gcp:compute/uRLMap:URLMap")
-    assert url_map.plain("hostRules") == [{"hosts": ["*"], "pathMatcher": "secret"}]
-    matcher = url_map.plain("pathMatchers")[0]
-    abort = {"abort": {"httpStatus": 404, "percentage": 100.0}}
-    assert matcher["defaultRouteAction"]["faultInjectionPolicy"] == abort
-    assert url_map.plain("defaultRouteAction")["faultInjectionPolicy"] == abort
-    routes = {json.dumps(r["matchRules"][0], sort_keys=True): r["service"] for r in matcher["routeRules"]}
-    assert routes == {
-        json.dumps({"fullPathMatch": f"/{FAKE_URL_SECRET}/ping"}): f"{backend.name}-id",
-        json.dumps({"prefixMatch": f"/{FAKE_URL_SECRET}/predictions/"}): f"{backend.name}-id",
-    }
+    assert url_map.plain("defaultService") == f"{backend.name}-id"
+    assert not {"hostRules", "pathMatchers", "defaultRouteAction", "tests"} & set(url_map.inputs)
 
     cert = run.one("gcp:compute/sSLCertificate:SSLCertificate")
     assert cert.is_secret("privateKey")
@@ -272,6 +256,8 @@ def test_gcp_bucket_is_private_and_holds_the_bundle_and_the_secret_config(requir
         {"name": "synthdet", "file": "synthdet.mar", "sha256": "synthdet-sha".ljust(64, "0")}
     ]
     assert config["options"]["public_port"] == 443
+    # The balancer's certificate is served: no ACME on the instances (synthdet:acme is on).
+    assert config["options"]["acme"] is False
     # nginx on each instance trusts X-Forwarded-For from Google's ranges and the LB's address.
     assert config["options"]["balancer_cidrs"] == [*GOOGLE_LB_RANGES, f"{LB_IP}/32"]
     member = run.one("gcp:storage/bucketIAMMember:BucketIAMMember")
@@ -287,9 +273,11 @@ def test_gcp_bucket_is_private_and_holds_the_bundle_and_the_secret_config(requir
 def test_gcp_outputs_describe_the_load_balancer(required):
     run = fleet_run("gcp-t4", required)
     assert run.outputs["endpoint"] == f"https://{LB_IP}/{FAKE_URL_SECRET}/predictions/synthdet"
-    assert run.outputs["public_ip"] == LB_IP
+    assert run.outputs["address"] == LB_IP
     assert run.outputs["load_balancer_url"] == f"https://{LB_IP}"
-    assert run.outputs["instance_id"].endswith("-group-id")
+    group = run.one("gcp:compute/regionInstanceGroupManager:RegionInstanceGroupManager")
+    assert run.outputs["group_id"] == f"{group.name}-id"
+    assert not {"public_ip", "instance_id"} & set(run.outputs)  # neither is what a fleet has
     assert run.outputs["cert_sha256"] == fingerprint_sha256(MOCK_CERT_PEM.encode())
     assert run.outputs["replicas"] == {"min": 3, "max": 3}
     assert run.outputs["bucket"] == GCS_BUCKET
@@ -385,7 +373,6 @@ def test_aws_three_replicas_behind_an_application_load_balancer(required):
     check = target_group.plain("healthCheck")
     assert check["path"] == "/synthdet-health"  # no secret in the balancer's health check
     assert check["protocol"] == "HTTPS" and check["matcher"] == "200"
-    assert_secret_only_where_routing_needs_it(run, {"aws:lb/listenerRule:ListenerRule"})
 
     alb = run.one("aws:lb/loadBalancer:LoadBalancer")
     assert alb.plain("loadBalancerType") == "application"
@@ -398,19 +385,12 @@ def test_aws_three_replicas_behind_an_application_load_balancer(required):
     assert listener.plain("protocol") == "HTTPS" and listener.plain("port") == 443
     assert listener.plain("certificateArn") == f"arn:acm:{cert.name}"
     assert listener.plain("sslPolicy").startswith("ELBSecurityPolicy-TLS13")
-    default = listener.plain("defaultActions")[0]
-    assert default["type"] == "fixed-response"
-    assert default["fixedResponse"]["statusCode"] == "404"
+    # Every path goes to the instances (nginx there checks the secret): no listener rule.
+    assert listener.plain("defaultActions") == [{"type": "forward", "targetGroupArn": "arn:tg"}]
+    assert not run.of_type("aws:lb/listenerRule:ListenerRule")
     # The self-signed certificate, imported into ACM, names the ALB's DNS name.
     assert cert.is_secret("privateKey")
     assert run.one("tls:index/selfSignedCert:SelfSignedCert").plain("dnsNames") == [ALB_DNS]
-
-    rule = run.one("aws:lb/listenerRule:ListenerRule")
-    assert rule.plain("listenerArn") == "arn:listener"
-    assert rule.plain("actions") == [{"type": "forward", "targetGroupArn": "arn:tg"}]
-    assert rule.plain("conditions") == [
-        {"pathPattern": {"values": [f"/{FAKE_URL_SECRET}/predictions/*", f"/{FAKE_URL_SECRET}/ping"]}}
-    ]
 
 
 def test_aws_instances_take_only_the_balancer_and_nothing_opens_ssh(required):
@@ -463,8 +443,10 @@ def test_aws_bucket_private_and_readable_by_the_instance_role_only(required):
 def test_aws_outputs_describe_the_load_balancer(required):
     run = fleet_run("aws-t4", required)
     assert run.outputs["endpoint"] == f"https://{ALB_DNS}/{FAKE_URL_SECRET}/predictions/synthdet"
-    assert run.outputs["public_ip"] == ALB_DNS
-    assert run.outputs["instance_id"].endswith("-20261125")
+    assert run.outputs["address"] == ALB_DNS  # a DNS name: an ALB's IPs change
+    group = run.one("aws:autoscaling/group:Group")
+    assert run.outputs["group_id"] == f"{group.name}-20261125"
+    assert not {"public_ip", "instance_id"} & set(run.outputs)
     assert run.outputs["cert_sha256"] == fingerprint_sha256(MOCK_CERT_PEM.encode())
     per_replica = 0.526 + 125 * 0.08 / 730 + 0.005
     assert run.outputs["hourly_cost_usd"] == pytest.approx(3 * per_replica + 0.0305, abs=1e-3)
@@ -489,9 +471,9 @@ def test_aws_autoscaling_tracks_requests_per_replica(required):
     assert (
         spec["resourceLabel"] == "app/synthdet-alb/50dc6c495c0c9188/targetgroup/synthdet-tg/73e2d6bc24d8a067"
     )
-    # The metric exists once the rule routes to the target group: the policy waits for it.
-    rule = run.one("aws:lb/listenerRule:ListenerRule")
-    assert rule.urn in policy.dependencies
+    # The metric exists once the listener routes to the target group: the policy waits for it.
+    listener = run.one("aws:lb/listener:Listener")
+    assert listener.urn in policy.dependencies
 
 
 def test_aws_domain_gets_a_dns_validated_certificate(required):
@@ -514,6 +496,67 @@ def test_extra_models_each_get_an_archive_and_a_url(required, tmp_path):
     config = only_object_content(run, "aws:s3/bucketObjectv2:BucketObjectv2")
     assert [m["name"] for m in config["models"]] == ["synthdet", "cereal"]
     assert run.outputs["endpoints"]["cereal"] == f"https://{ALB_DNS}/{FAKE_URL_SECRET}/predictions/cereal"
+
+
+# ------------------------------------------------------------------ where the URL secret may be
+
+
+def strings_in(value: Any) -> list[str]:
+    """Every string in an input, secrets unwrapped (the cloud gets those in plain too), and
+    the decoded text of any that is base64 (user data): where a secret could hide."""
+    value = harness.unwrap(value)
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in strings_in(v)]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in strings_in(v)]
+    if not isinstance(value, str):
+        return [str(value)] if value is not None else []
+    found = [value]
+    with contextlib.suppress(ValueError):  # not base64, or not text (UnicodeDecodeError)
+        found.append(base64.b64decode(value, validate=True).decode())
+    return found
+
+
+def places_holding_the_secret(run: ProgramRun) -> set[tuple[str, str]]:
+    """(resource type, input key) of every resource input that carries the URL secret."""
+    return {
+        (resource.type, key)
+        for resource in run.resources
+        for key, value in resource.inputs.items()
+        if any(FAKE_URL_SECRET in text for text in strings_in(value))
+    }
+
+
+BOOT_CONFIG = {
+    "gcp-t4": ("gcp:storage/bucketObject:BucketObject", "content"),
+    "aws-t4": ("aws:s3/bucketObjectv2:BucketObjectv2", "content"),
+}
+
+
+@pytest.mark.parametrize("replicas", [1, 3], ids=["single-host", "fleet"])
+@pytest.mark.parametrize("stack", ["gcp-t4", "aws-t4"])
+def test_the_url_secret_is_in_no_cloud_resources_configuration(stack, replicas, required):
+    """Whatever a cloud resource is given, the cloud stores in plain and shows to anyone who may
+    read the project's or account's configuration (and keeps the request in its audit log):
+    a Pulumi secret only protects the state. So the secret string may be in two inputs only,
+    each a secret: the bootstrap's (our own provider, over SSH) and boot.json's content in the
+    private bucket (read by the replicas' own identity). Never in a balancer, health check,
+    instance template, metadata, user data, or a plain output."""
+    run = fleet_run(stack, required, **{"synthdet:replicas": replicas})
+    boot_config = BOOT_CONFIG[stack]
+    allowed = {boot_config} if replicas > 1 else {(BOOTSTRAP_TYPE, "url_secret")}
+    assert places_holding_the_secret(run) == allowed  # and it is there: the trace can see it
+    (holder,) = [
+        r
+        for r in run.of_type(next(iter(allowed))[0])
+        if FAKE_URL_SECRET in json.dumps(harness.unwrap(r.inputs), default=str)
+    ]
+    assert holder.is_secret(next(iter(allowed))[1])  # encrypted in the state, hidden in the plan
+    if replicas > 1:
+        assert holder.name.endswith("boot-config")
+    for name, value in run.outputs.items():
+        if name not in run.secret_outputs:
+            assert not any(FAKE_URL_SECRET in text for text in strings_in(value)), name
 
 
 # ------------------------------------------------------------------ the single host stays
@@ -595,6 +638,7 @@ def test_boot_config_round_trip_checks_every_archive(tmp_path):
     from bootstrap.api import DeployOptions, PipSource
     from bootstrap.boot_local import LOCAL_ADDRESS, BootConfigError, boot_config, deploy_inputs, load_config
     from bootstrap.startup_script import config_json
+    from bootstrap.steps.base import Archive
     from serving.inputs import sha256_file
     from serving.settings import ServingSettings
 
@@ -613,7 +657,7 @@ def test_boot_config_round_trip_checks_every_archive(tmp_path):
     path.write_text(config_json(config))
     models, options, built = deploy_inputs(load_config(path), tmp_path)
     assert [m.name for m in models] == ["synthdet"]
-    assert built == {"synthdet": (mar, sha256_file(mar))}
+    assert built == {"synthdet": Archive(mar, sha256_file(mar))}
     assert options.public_address == LOCAL_ADDRESS and options.public_port == 8443
     assert options.url_secret == FAKE_URL_SECRET
     assert options.serving.score_threshold == 0.7

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -14,12 +16,13 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-import tenacity
 import zxingcpp
 from PIL import Image
 
 from serving.contract import make_test_jpeg, parse_like_app
+from serving.polling import retry
 from synthdet.local_serve import free_port
+from tests.support.slow_endpoint import endpoint
 
 pytestmark = pytest.mark.integration
 SYNTHDET = [sys.executable, "-m", "synthdet.cli"]
@@ -90,6 +93,15 @@ def test_predict_in_process_draws_boxes(unity_checkpoint: Path, tmp_path: Path) 
     # TorchServe's import-time notes about backends nobody asked for stay out of the way.
     for noise in ("OpenVINO", "onnxruntime", "TensorRT"):
         assert noise not in result.stderr
+    # The same answer from an endpoint (sent compact, as servers do) prints the same bytes.
+    answer = json.loads(result.stdout)
+    assert result.stdout == json.dumps(answer, indent=2) + "\n"
+    with endpoint(json.dumps(answer, separators=(",", ":")).encode()) as url:
+        remote = run("predict", str(image), "--url", f"{url}/predictions/synthdet")
+        compact = run("predict", str(image), "--url", f"{url}/predictions/synthdet", "--compact")
+    assert remote.returncode == 0, remote.stderr
+    assert remote.stdout == result.stdout
+    assert compact.stdout == json.dumps(answer) + "\n"
 
 
 def test_predict_refuses_a_non_image(unity_checkpoint: Path, tmp_path: Path) -> None:
@@ -135,12 +147,7 @@ def _wait_for(path: Path, text: str, process: subprocess.Popen[str], timeout: fl
         raise _NotYet
 
     try:
-        tenacity.Retrying(
-            stop=tenacity.stop_after_delay(timeout),
-            wait=tenacity.wait_fixed(0.5),
-            retry=tenacity.retry_if_exception_type(_NotYet),
-            reraise=True,
-        )(seen)
+        retry(seen, timeout_s=timeout, every_s=0.5, when=_NotYet)
     except _NotYet:
         raise AssertionError(
             f"{text!r} not seen in {timeout} s:\n{path.read_text(errors='replace')}"
@@ -151,7 +158,7 @@ def test_serve_https_two_models_then_ctrl_c_leaves_nothing_behind(
     unity_checkpoint: Path, other_checkpoint: Path, tmp_path: Path
 ) -> None:
     port = free_port()
-    workdir = tmp_path / "work"
+    workdir = Path(os.environ["SYNTHDET_CACHE"]) / f"serve-{port}"  # the default: in the cache
     err = tmp_path / "stderr.txt"
     with err.open("w") as stderr_file:
         # Started the way a script's `synthdet serve &` starts it: SIGINT ignored on the way in.
@@ -166,8 +173,6 @@ def test_serve_https_two_models_then_ctrl_c_leaves_nothing_behind(
                 "--port",
                 str(port),
                 "--https",
-                "--workdir",
-                str(workdir),
             ],
             stdout=subprocess.PIPE,
             stderr=stderr_file,
@@ -177,6 +182,8 @@ def test_serve_https_two_models_then_ctrl_c_leaves_nothing_behind(
         )
         try:
             _wait_for(err, "Press Ctrl-C", process, timeout=300)
+            assert (workdir / "logs" / "torchserve.out").is_file()
+            served = ssl.PEM_cert_to_DER_cert(ssl.get_server_certificate(("127.0.0.1", port)))
             family = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
             assert any("java" in " ".join(p.cmdline()) for p in family)
             for model in ("synthdet", "other"):
@@ -199,7 +206,50 @@ def test_serve_https_two_models_then_ctrl_c_leaves_nothing_behind(
     stdout = process.stdout.read() if process.stdout else ""
     assert f"https://127.0.0.1:{port}/predictions/synthdet" in stdout
     assert f"https://127.0.0.1:{port}/predictions/other" in stdout
+    said = err.read_text()
+    # The fingerprint of the certificate it served, as deploy prints one.
+    fingerprint = ":".join(f"{byte:02X}" for byte in hashlib.sha256(served).digest())
+    assert f"Certificate SHA-256: {fingerprint}" in said
+    # --https was given: the phone hint names only what is missing.
+    assert "(a phone's browser needs --host 0.0.0.0 for its camera)" in said
+    # A clean stop leaves no work folder behind.
+    assert not workdir.exists()
     _gone, alive = psutil.wait_procs(family, timeout=10)
     assert not alive, [p.cmdline() for p in alive]
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"https://127.0.0.1:{port}/ping", verify=False, timeout=5)
+
+
+def test_serve_keeps_its_logs_when_asked_and_says_nothing_is_missing_for_a_phone(
+    unity_checkpoint: Path,
+) -> None:
+    port = free_port()
+    result = run(
+        "serve",
+        "--model",
+        str(unity_checkpoint),
+        "--port",
+        str(port),
+        "--host",
+        "0.0.0.0",
+        "--https",
+        "--once",
+        "--keep-logs",
+    )
+    assert result.returncode == 0, result.stderr
+    workdir = Path(os.environ["SYNTHDET_CACHE"]) / f"serve-{port}"
+    assert (workdir / "logs" / "torchserve.out").stat().st_size > 0
+    assert f"logs kept in {workdir / 'logs'}" in result.stderr
+    assert "Certificate SHA-256: " in result.stderr
+    assert "a phone's browser needs" not in result.stderr
+
+
+def test_serve_that_fails_keeps_its_logs_and_says_where(unity_checkpoint: Path) -> None:
+    port = free_port()
+    # Models never load within a second: TorchServe has started, and written its log, by then.
+    result = run("serve", "--model", str(unity_checkpoint), "--port", str(port), "--timeout", "1")
+    assert result.returncode == 1
+    workdir = Path(os.environ["SYNTHDET_CACHE"]) / f"serve-{port}"
+    assert "not ready after 1 s" in result.stderr
+    assert f"logs kept in {workdir / 'logs'}" in result.stderr
+    assert (workdir / "logs" / "torchserve.out").is_file()

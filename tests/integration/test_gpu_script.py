@@ -46,7 +46,7 @@ def test_the_gpu_script_runs_on_a_cpu_and_writes_every_figure(tmp_path: Path) ->
         for name, row in pipelines.items():
             assert row["p50_ms"] > 0 and row["p90_ms"] >= row["p50_ms"], name
             assert row["throughput_fps"] > 0 and row["throughput_ratio"] > 0, name
-            assert row["compared_with"] == "handler" and 0 <= row["agreement"] <= 1, name
+            assert row["compared_with"] == "handler" and 0 <= row["match_rate"] <= 1, name
         assert pipelines["handler"]["identical_to_reference"] is True  # fp32 against itself
         assert pipelines["handler"]["batch"] == int(batch.split("_")[1])
     e2e = result["end_to_end"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,8 +15,9 @@ import torch
 from serving.archive import build_archive
 from serving.settings import ServingSettings
 from synthdet.inprocess import HandlerError, InProcessModel, load_in_process
+from synthdet.reference import load_reference_model, reference_detections
 from tests.support.images import bomb_png, encode, make_test_jpeg, photo
-from tests.support.reference import assert_same_detections, load_reference_model, reference_detections
+from tests.support.matching import assert_same_detections
 
 pytestmark = pytest.mark.integration
 
@@ -50,9 +52,38 @@ def test_a_batch_of_mixed_sizes_answers_each_as_if_alone(model: InProcessModel) 
 
 def test_one_bad_request_does_not_spoil_its_batch(model: InProcessModel) -> None:
     good = make_test_jpeg(320, 240, seed=5)
-    answers = model.handler.handle([{"body": good}, {"body": b"garbage"}, {"data": good}], model.context)
+    answers = model.handle([{"body": good}, {"body": b"garbage"}, {"data": good}])
+    # Its own status too, set for that request only (TorchServe sends it to that client).
+    statuses = [model.context.get_response_status(index)[0] for index in range(3)]
+    assert statuses == [200, 415, 200]
     assert json.loads(answers[0]) == json.loads(answers[2]) == model.predict(good)
     assert json.loads(answers[1])["code"] == 415
+
+
+def test_headers_of_one_request_do_not_change_its_batch(model: InProcessModel) -> None:
+    """TorchServe's BaseHandler reads `describe` and `explain` from a batch's first request only;
+    a client sending them must not turn its neighbours' answers into something else."""
+    good = make_test_jpeg(320, 240, seed=5)
+    alone = model.predict(good)
+    for header in ("describe", "explain"):
+        answers = model.handle([{"body": good}, {"body": good}], [{header: "True"}, {}])
+        assert [json.loads(answer) for answer in answers] == [alone, alone], header
+
+
+def test_describe_says_what_the_worker_serves(model: InProcessModel) -> None:
+    """The management API's describe (`GET /models/NAME?customized=true`) runs as a batch of one."""
+    [answer] = model.handle([{"body": b""}], [{"describe": "True"}])
+    described = json.loads(answer)
+    assert described["classes"][0] == "book_dorkdiaries_aladdin" and len(described["classes"]) == 63
+    assert described["device"] == ("cuda:0" if torch.cuda.is_available() else "cpu")
+    assert described["settings"]["score_threshold"] == 0.5
+    assert described["precision"] == "fp32"
+    if not torch.cuda.is_available():  # a CPU worker says what the CPU has and the path it chose
+        cpu = described["cpu"]
+        assert cpu["physical_cores"] >= 1
+        if "OMP_NUM_THREADS" not in os.environ:  # an operator's thread count wins
+            assert cpu["torch_threads"] == cpu["physical_cores"]
+        assert cpu["path"].startswith("fp32, exact") and isinstance(cpu["flags"], list)
 
 
 @pytest.mark.parametrize(

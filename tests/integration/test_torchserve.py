@@ -7,6 +7,7 @@ import io
 import json
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import httpx
@@ -14,9 +15,11 @@ import pytest
 from PIL import Image
 
 from serving.contract import APP_CONTENT_TYPE, check_in_frame, parse_like_app, post_image
+from serving.polling import poll
 from synthdet.local_serve import LocalServer
+from synthdet.reference import load_reference_model, reference_detections
 from tests.support.images import bomb_png, encode, make_test_jpeg, photo
-from tests.support.reference import assert_same_detections, load_reference_model, reference_detections
+from tests.support.matching import assert_same_detections
 from tests.support.torchserve import worker_pids
 
 pytestmark = pytest.mark.integration
@@ -151,3 +154,42 @@ def test_five_in_flight_of_mixed_sizes_each_get_their_own_answer(torchserve: Loc
         assert response.json() == alone
         width, height = Image.open(io.BytesIO(image)).size
         check_in_frame(parse_like_app(json.dumps(alone)), width, height)
+
+
+def handler_times_ms(torchserve: LocalServer, model: str) -> list[float]:
+    """TorchServe's HandlerTime metric for `model`, one per batch, from model_metrics.log
+    (the frontend writes the worker's lines as `HandlerTime.ms:4399.45|#ModelName:synthdet,...`)."""
+    log = torchserve.log_path.parent / "model_metrics.log"
+    text = log.read_text(errors="replace") if log.exists() else ""
+    return [float(ms) for ms in re.findall(rf"HandlerTime\.ms:([\d.]+)\|#ModelName:{model},", text)]
+
+
+def test_torchserve_times_our_handler(torchserve: LocalServer) -> None:
+    """BaseHandler.handle runs our preprocess/inference/postprocess and records HandlerTime."""
+    before = len(handler_times_ms(torchserve, "synthdet"))
+    started = time.monotonic()
+    url = torchserve.prediction_url("synthdet")
+    response = post_image(url, make_test_jpeg(640, 480, seed=14), timeout_s=60)
+    round_trip_ms = (time.monotonic() - started) * 1000
+    assert response.status_code == 200
+    # The worker's metric line reaches the log through the frontend, a moment after the answer.
+    done, times = poll(
+        lambda: handler_times_ms(torchserve, "synthdet"),
+        lambda times: len(times) > before,
+        timeout_s=30,
+        every_s=0.2,
+    )
+    assert done, f"no HandlerTime for synthdet in {torchserve.log_path.parent / 'model_metrics.log'}"
+    assert 0 < times[-1] < round_trip_ms
+
+
+def test_describe_through_the_management_api(torchserve: LocalServer) -> None:
+    """`GET /models/NAME?customized=true`: TorchServe asks the handler (describe_handle)."""
+    response = httpx.get(f"{torchserve.management_url}/models/synthdet?customized=true", timeout=60)
+    assert response.status_code == 200, response.text
+    described = response.json()[0]["customizedMetadata"]
+    assert described["classes"][0] == "book_dorkdiaries_aladdin" and len(described["classes"]) == 63
+    assert described["settings"]["score_threshold"] == 0.5
+    # And the worker still serves predictions afterwards.
+    url = torchserve.prediction_url("synthdet")
+    assert post_image(url, make_test_jpeg(320, 240), timeout_s=60).status_code == 200

@@ -28,11 +28,13 @@ from serving.viewer import content_security_policy, viewer_page
 from synthdet.local_serve import LocalServer
 from tests.support.browser import (
     chromium,
+    page_value,
     painted_pixels,
     require_chromium,
     save_screenshot,
     set_threshold,
     wait_for,
+    wait_for_animation_frames,
     wait_for_labels,
     write_y4m,
 )
@@ -159,12 +161,14 @@ def test_the_page_streams_like_the_app_draws_and_filters(
         assert float(driver.execute_script("return document.getElementById('fps').textContent")) > 0
         set_threshold(driver, 0.5)
         assert page_text(driver, "labels") == "cereal_cheerios_honeynut 0.99 ×2, snack_granola_bars 0.80"
-        # Pause: no more frames.
+        # Pause: the frames in flight are answered, then no more are sent.
         driver.find_element("id", "pause").click()
-        time.sleep(1.0)  # let the frames in flight finish
-        paused_at = len(state.posts)
-        time.sleep(1.5)
-        assert len(state.posts) == paused_at
+        wait_for(driver, "inFlight === 0")
+        paused_at = int(page_value(driver, "sent"))  # frames the page sent in all
+        assert len(state.posts) == paused_at  # each reached the server
+        # 90 turns of the page's loop (1.5 s at 60 Hz; unpaused it sends every 0.2 s).
+        wait_for_animation_frames(driver, 90)
+        assert page_value(driver, "sent") == paused_at and len(state.posts) == paused_at
         driver.find_element("id", "pause").click()
         WebDriverWait(driver, 10, poll_frequency=0.2).until(
             lambda _: len(state.posts) > paused_at, "resume did not send again"
@@ -194,16 +198,21 @@ def test_a_busy_server_is_given_its_retry_after_and_a_bad_answer_breaks_nothing(
         wait_for(driver, "document.getElementById('labels').textContent.includes('cereal')")
         answered = state.posts_between(0, time.monotonic())
         assert answered >= 1
-        # Every frame refused with Retry-After 2: the page waits as told instead of posting at
-        # its 5 frames a second (without the wait, ~30 posts in these 6 s), says the server is
-        # busy, and its frame rate falls to zero instead of showing the last good figure.
+        # Every frame refused with Retry-After 2: the page waits as told between posts instead
+        # of posting at its 5 frames a second (0.2 s apart), says the server is busy, and its
+        # frame rate falls to zero instead of showing the last good figure.
         with state.lock:
             state.mode = "busy"
-        time.sleep(1.0)
-        start = time.monotonic()
-        time.sleep(6.0)
-        refused = state.posts_between(start, time.monotonic())
-        assert 1 <= refused <= 6, f"{refused} posts in 6 s to a server that asked for {BUSY_RETRY_AFTER_S} s"
+            switched = time.monotonic()
+        WebDriverWait(driver, 30, poll_frequency=0.1).until(
+            lambda _: state.posts_between(switched, time.monotonic()) >= 4, "the page stopped posting"
+        )
+        with state.lock:
+            refused_at = [at for at in state.arrivals if at >= switched]
+        gaps = [later - earlier for earlier, later in zip(refused_at, refused_at[1:], strict=False)]
+        # A frame may have been on its way when the first refusal came; after that, one post
+        # each time the Retry-After has passed (at the page's next frame, 0.2 s at most).
+        assert all(0.9 * BUSY_RETRY_AFTER_S <= gap <= BUSY_RETRY_AFTER_S + 2 for gap in gaps[-2:]), gaps
         assert wait_for(driver, "document.getElementById('fps').textContent === '0.0'", timeout_s=10)
         assert "busy" in page_text(driver, "status")
         assert page_text(driver, "labels") == "cereal_cheerios_honeynut 0.99"  # the last good frame
@@ -245,5 +254,6 @@ def test_live_detections_from_synthdet_serve(torchserve: LocalServer, tmp_path: 
         assert painted_pixels(driver) > 1000
         if SCREENSHOTS:
             set_threshold(driver, 0.7)  # fewer of an untrained model's many boxes
-            time.sleep(3)  # a fresh frame or two
+            # A frame sent from now on, answered and drawn.
+            wait_for(driver, f"drawnSeq > {int(page_value(driver, 'sent'))}", timeout_s=240)
             save_screenshot(driver, Path(SCREENSHOTS) / "viewer.jpg")

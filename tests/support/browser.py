@@ -8,8 +8,10 @@ answers the permission prompt with "allow", as a user would.
 from __future__ import annotations
 
 import io
+import os
 import re
 import shutil
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -57,9 +59,40 @@ def write_y4m(path: Path, frames: int = 12, size: tuple[int, int] = (1280, 720),
     return path
 
 
+CERTUTIL = "/usr/bin/certutil"
+
+
+def trusting_home(home: Path, root: Path) -> Path:
+    """A home whose NSS database (~/.pki/nssdb, where Chromium on Linux keeps the roots a user
+    added) trusts `root` to identify websites, as a user's certificate settings would."""
+    if not shutil.which(CERTUTIL):
+        pytest.skip("needs certutil (Debian's libnss3-tools; ./dev setup installs it)")
+    nssdb = home / ".pki" / "nssdb"
+    nssdb.mkdir(parents=True, exist_ok=True)
+    database = f"sql:{nssdb}"
+    subprocess.run([CERTUTIL, "-N", "-d", database, "--empty-password"], check=True, capture_output=True)
+    subprocess.run(
+        [CERTUTIL, "-A", "-d", database, "-n", "test root", "-t", "C,,", "-i", str(root)],
+        check=True,
+        capture_output=True,
+    )
+    return home
+
+
 @contextmanager
-def chromium(tmp_path: Path, *, camera: Path | None = None, size: tuple[int, int] = (1280, 800)) -> Iterator:
-    """A Selenium-driven headless Chromium; with `camera`, a fake one playing that Y4M."""
+def chromium(
+    tmp_path: Path,
+    *,
+    camera: Path | None = None,
+    size: tuple[int, int] = (1280, 800),
+    trusted_root: Path | None = None,
+) -> Iterator:
+    """A Selenium-driven headless Chromium; with `camera`, a fake one playing that Y4M.
+
+    By default it accepts any certificate (what a user does at the warning of a deployed
+    host's self-signed one). With `trusted_root` it accepts only certificates that chain to
+    the system's roots or to that one (a CA the user trusts): a page with any other
+    certificate shows Chromium's warning page instead."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -69,13 +102,17 @@ def chromium(tmp_path: Path, *, camera: Path | None = None, size: tuple[int, int
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
     options.add_argument(f"--window-size={size[0]},{size[1]}")
-    # The deployed hosts' self-signed certificate: what a user accepts at the warning.
-    options.add_argument("--ignore-certificate-errors")
+    env = None
+    if trusted_root is None:
+        # The deployed hosts' self-signed certificate: what a user accepts at the warning.
+        options.add_argument("--ignore-certificate-errors")
+    else:
+        env = {**os.environ, "HOME": str(trusting_home(tmp_path / "chromium-home", trusted_root))}
     if camera is not None:
         options.add_argument("--use-fake-device-for-media-stream")
         options.add_argument("--use-fake-ui-for-media-stream")
         options.add_argument(f"--use-file-for-fake-video-capture={camera}")
-    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER, env=env))
     try:
         yield driver
     finally:
@@ -89,6 +126,25 @@ def wait_for(driver: object, script: str, timeout_s: float = 60.0) -> object:
     return WebDriverWait(driver, timeout_s, poll_frequency=0.25).until(  # type: ignore[arg-type]
         lambda d: d.execute_script(f"return {script}")
     )
+
+
+def page_value(driver: object, expression: str) -> object:
+    """A JavaScript expression's value in the page (its top-level variables included)."""
+    return driver.execute_script(f"return {expression}")  # type: ignore[attr-defined]
+
+
+def wait_for_animation_frames(driver: object, count: int, timeout_s: float = 60.0) -> None:
+    """Let the page's own loop (requestAnimationFrame) run `count` more times: the chances it
+    had to act, counted on the page's clock rather than slept for on ours."""
+    start = driver.execute_script(  # type: ignore[attr-defined]
+        "if (window.testFrames === undefined) {"
+        "  window.testFrames = 0;"
+        "  const count = () => { window.testFrames++; requestAnimationFrame(count); };"
+        "  requestAnimationFrame(count);"
+        "}"
+        "return window.testFrames;"
+    )
+    wait_for(driver, f"window.testFrames >= {int(start) + count}", timeout_s=timeout_s)
 
 
 def set_threshold(driver: object, value: float) -> None:

@@ -9,13 +9,17 @@ tests/system/conftest.py). Every test leaves it serving the model it found.
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import subprocess
+import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import tenacity
+import pytest
 
 from bootstrap import deploy as deploy_lib
 from bootstrap.api import DeployOptions, DeployResult, PipSource, SshTarget
@@ -23,10 +27,51 @@ from bootstrap.steps.base import MANAGEMENT_PORT, MODEL_STORE, SERVICE_USER, TOR
 from serving import endpoint
 from serving.contract import smoke
 from serving.models import ModelSpec
+from serving.polling import retry
 from tests.support import testhost as th
 
+REPO = Path(__file__).resolve().parents[2]
 # Two CPU cores shared with TorchServe's warm-up and other suites.
 READY_TIMEOUT_S = 240.0
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def require_test_hosts() -> None:
+    """Skip where this machine cannot boot test hosts; in CI (CI set) fail instead."""
+    ok, reason = th.is_supported()
+    if ok:
+        return
+    if in_ci():
+        pytest.fail(f"CI is set, so the system tests must run, but: {reason}", pytrace=False)
+    pytest.skip(f"system tests need a test host: {reason}")
+
+
+def wheelhouse_pip(info: th.TestHostInfo) -> PipSource:
+    """Packages from the test host's wheelhouse, as its `deploy_args` give them to the CLI."""
+    args = info.deploy_args
+    find_links = args[args.index("--pip-find-links") + 1]
+    trusted = args[args.index("--pip-trusted-host") + 1]
+    return PipSource(find_links=find_links, trusted_hosts=(trusted,))
+
+
+def cli_deploy(args: Sequence[str]) -> tuple[subprocess.CompletedProcess[str], dict[str, object], float]:
+    """`synthdet deploy ARGS` (ARGS with --json) as a user runs it; it must succeed.
+    (the process, its --json line, the seconds it took)"""
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "synthdet.cli", "deploy", *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 0, f"deploy failed:\n{proc.stderr[-4000:]}\n{proc.stdout[-2000:]}"
+    return proc, json.loads(proc.stdout.strip().splitlines()[-1]), elapsed
 
 
 @dataclass
@@ -63,10 +108,8 @@ class Deployment:
 
 
 def deploy_to(info: th.TestHostInfo, checkpoint: Path, known_hosts: Path) -> Deployment:
-    find_links = info.deploy_args[info.deploy_args.index("--pip-find-links") + 1]
-    trusted = info.deploy_args[info.deploy_args.index("--pip-trusted-host") + 1]
     target = SshTarget(info.host, info.user, Path(info.key), port=info.port, known_hosts=known_hosts)
-    options = DeployOptions(pip=PipSource(find_links=find_links, trusted_hosts=(trusted,)))
+    options = DeployOptions(pip=wheelhouse_pip(info))
     started = time.monotonic()
     result = deploy_lib.deploy(target, [ModelSpec("synthdet", checkpoint)], options)
     return Deployment(info, target, options, checkpoint, result, time.monotonic() - started)
@@ -106,13 +149,11 @@ def service_pids(info: th.TestHostInfo) -> tuple[str, str]:
     return main, java
 
 
-def _poll(what: str, attempt: object, timeout_s: float, every_s: float) -> float:
-    """Call `attempt` until it returns without raising; seconds it took (tenacity does the loop)."""
+def _poll(what: str, attempt: Callable[[], object], timeout_s: float, every_s: float) -> float:
+    """Call `attempt` until it returns without raising; seconds it took."""
     started = time.monotonic()
     try:
-        tenacity.Retrying(
-            stop=tenacity.stop_after_delay(timeout_s), wait=tenacity.wait_fixed(every_s), reraise=True
-        )(attempt)  # type: ignore[call-overload]
+        retry(attempt, timeout_s=timeout_s, every_s=every_s)
     except Exception as exc:  # noqa: BLE001 - the last failure says why
         raise AssertionError(f"{what} within {timeout_s:.0f} s: {exc}") from exc
     return time.monotonic() - started
@@ -151,3 +192,20 @@ def torchserve_ports_as(info: th.TestHostInfo, user: str) -> dict[int, str]:
     ports = " ".join(str(p) for p in TORCHSERVE_PORTS)
     out = guest(info, f"runuser -u {user} -- python3 -c {shlex.quote(PORT_PROBE)} {ports}")
     return {int(port): state for port, state in (line.split() for line in out.splitlines())}
+
+
+# Where a deploy could leave something behind: the whole system, less the logins' homes and the
+# memory-backed /run and /tmp (gone at the next boot).
+TREE_ROOTS = ("/etc", "/opt", "/srv", "/usr", "/var")
+# What changes on any running host, deploy or not: the journal (a login's first session adds a
+# journal file of its own) and systemd's private temporary folders of running services. Measured:
+# before a deploy and after its undeploy, these are the only differences on a test host.
+VOLATILE = ("/var/log/journal", "/var/tmp/systemd-private-*")
+
+
+def host_tree(info: th.TestHostInfo) -> set[str]:
+    """Every path under TREE_ROOTS in the guest, VOLATILE ones left out."""
+    prune = " -o ".join(f"-path {shlex.quote(pattern)}" for pattern in VOLATILE)
+    roots = " ".join(TREE_ROOTS)
+    out = guest(info, f"find {roots} -xdev \\( {prune} \\) -prune -o -print 2>/dev/null || true", timeout=300)
+    return set(out.splitlines())

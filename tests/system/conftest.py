@@ -29,23 +29,10 @@ _SYSTEM_DIR = Path(__file__).resolve().parent
 _host_numbers = itertools.count(1)
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-
-
-def _require_test_hosts() -> None:
-    ok, reason = th.is_supported()
-    if ok:
-        return
-    if _in_ci():
-        pytest.fail(f"CI is set, so the system tests must run, but: {reason}", pytrace=False)
-    pytest.skip(f"system tests need a test host: {reason}")
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip the whole system suite up front (one clear reason) where hosts cannot boot."""
     ok, reason = th.is_supported()
-    if ok or _in_ci():
+    if ok or deployment.in_ci():
         return  # in CI the fixtures fail instead
     skip = pytest.mark.skip(reason=f"system tests need a test host: {reason}")
     for item in items:
@@ -63,7 +50,7 @@ def _up_or_fail(name: str, login: str = th.DEFAULT_LOGIN) -> th.TestHostInfo:
 @pytest.fixture(scope="session")
 def testhost() -> Iterator[th.TestHostInfo]:
     """A running test host shared by the session; powered off and removed at the end."""
-    _require_test_hosts()
+    deployment.require_test_hosts()
     name = f"sdt-{os.getpid()}"
     info = _up_or_fail(name)
     try:
@@ -76,7 +63,7 @@ def testhost() -> Iterator[th.TestHostInfo]:
 def fresh_testhost() -> Iterator[Callable[..., th.TestHostInfo]]:
     """A factory: each call boots a new host of this test's own (with a cloud's login, GCP's
     by default); all go down afterwards."""
-    _require_test_hosts()
+    deployment.require_test_hosts()
     names: list[str] = []
 
     def make(login: str = th.DEFAULT_LOGIN) -> th.TestHostInfo:
@@ -103,7 +90,7 @@ def deployed_host(
 
     Each test leaves it serving `unity_checkpoint`; the host goes down at the end.
     """
-    _require_test_hosts()
+    deployment.require_test_hosts()
     name = f"sdh-{os.getpid()}"
     info = _up_or_fail(name)
     try:

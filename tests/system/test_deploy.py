@@ -9,11 +9,9 @@ and undeploy tests come last. CPU inference in the guest takes ~3 s an image.
 from __future__ import annotations
 
 import io
-import json
 import os
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -26,7 +24,7 @@ import pytest
 
 from bootstrap import deploy as deploy_lib
 from bootstrap import ssh as ssh_module
-from bootstrap.api import DeployOptions, DeployResult, PipSource, SshTarget
+from bootstrap.api import DeployOptions, DeployResult, SshTarget
 from bootstrap.files import UploadVerificationError
 from bootstrap.runner import copy_stream
 from bootstrap.ssh import Connection, HostKeyChangedError, SshError
@@ -42,12 +40,20 @@ from serving.contract import make_test_jpeg, parse_like_app, post_image, smoke
 from serving.models import ModelSpec
 from synthdet.demo_model import write_demo_checkpoint
 from tests.support import testhost as th
-from tests.support.deployment import guest, served_sha, service_pids, wait_serving
+from tests.support.deployment import (
+    cli_deploy,
+    guest,
+    host_tree,
+    management,
+    require_test_hosts,
+    served_sha,
+    service_pids,
+    wait_serving,
+    wheelhouse_pip,
+)
 from tests.support.keys import openssh_private_key
 
 pytestmark = pytest.mark.system
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -58,6 +64,7 @@ class Deployed:
     result: dict[str, object]  # the CLI's --json line
     qr_png: Path
     first_deploy_s: float
+    tree_before: set[str]  # the host's files before the deploy (host_tree)
 
     @property
     def endpoint(self) -> str:
@@ -66,11 +73,7 @@ class Deployed:
 
 @pytest.fixture(scope="module")
 def host() -> Iterator[th.TestHostInfo]:
-    ok, reason = th.is_supported()
-    if not ok:
-        if os.environ.get("CI"):
-            pytest.fail(f"system tests must run in CI: {reason}")
-        pytest.skip(reason)
+    require_test_hosts()
     name = f"sdd-{os.getpid()}"
     info = th.up(name)  # GCP's login: the non-root `synthdet` with passwordless sudo
     assert info.user == "synthdet"
@@ -86,12 +89,9 @@ def deployed(
 ) -> Deployed:
     work = tmp_path_factory.mktemp("deploy")
     known_hosts = work / "known_hosts"
+    tree_before = host_tree(host)
     qr_png = work / "qr.png"
-    argv = [
-        sys.executable,
-        "-m",
-        "synthdet.cli",
-        "deploy",
+    args = [
         "--host",
         host.host,
         "--user",
@@ -109,24 +109,11 @@ def deployed(
         "--json",
         *host.deploy_args,
     ]
-    started = time.monotonic()
-    proc = subprocess.run(
-        argv,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-    elapsed = time.monotonic() - started
-    assert proc.returncode == 0, f"deploy failed:\n{proc.stderr[-4000:]}\n{proc.stdout[-2000:]}"
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    _, result, elapsed = cli_deploy(args)
     print(f"first deploy: {elapsed:.1f} s")
-    find_links = host.deploy_args[host.deploy_args.index("--pip-find-links") + 1]
-    trusted = host.deploy_args[host.deploy_args.index("--pip-trusted-host") + 1]
     target = SshTarget(host.host, host.user, Path(host.key), port=host.port, known_hosts=known_hosts)
-    options = DeployOptions(pip=PipSource(find_links=find_links, trusted_hosts=(trusted,)))
-    return Deployed(host, target, options, result, qr_png, elapsed)
+    options = DeployOptions(pip=wheelhouse_pip(host))
+    return Deployed(host, target, options, result, qr_png, elapsed, tree_before)
 
 
 def redeploy(d: Deployed, models: list[ModelSpec]) -> tuple[DeployResult, float]:
@@ -271,6 +258,17 @@ def test_changed_host_key_is_refused(deployed: Deployed, tmp_path: Path) -> None
 def _other_key() -> paramiko.PKey:
     """A fresh ed25519 key: what a man in the middle (or a rebuilt host) would present."""
     return paramiko.Ed25519Key.from_private_key(io.StringIO(openssh_private_key()))
+
+
+def test_a_cpu_host_serves_one_frame_per_pass_with_a_short_queue(deployed: Deployed) -> None:
+    """The test host has no GPU: TorchServe itself says batch 1, and the queue is its workers."""
+    described = management(deployed.info, "/models/synthdet")
+    assert isinstance(described, list)
+    assert (described[0]["batchSize"], described[0]["maxBatchDelay"]) == (1, 5)
+    workers = 1  # one worker on a CPU (its threads are the physical cores)
+    assert len(described[0]["workers"]) == workers
+    config = guest(deployed.info, "cat /etc/synthdet/config.properties").splitlines()
+    assert f"job_queue_size={workers}" in config
 
 
 # ------------------------------------------------------------------ idempotence
@@ -441,7 +439,14 @@ def test_reboot_brings_the_endpoint_back(deployed: Deployed) -> None:
 
 def test_undeploy_removes_what_deploy_installed(deployed: Deployed) -> None:
     info = deployed.info
+    # The snapshot sees what the deploy made (so the comparison below can fail) ...
+    made = host_tree(info) - deployed.tree_before
+    assert {"/etc/synthdet/url_secret", "/etc/systemd/system/synthdet-torchserve.service"} <= made
+    assert "/etc/nginx/sites-enabled/synthdet" in made and "/opt/synthdet/venv" in made
     deploy_lib.undeploy(deployed.target, deployed.options)
+    # ... and whatever any step created is gone again: the host's files are what they were.
+    left = sorted(host_tree(info) - deployed.tree_before)
+    assert left == [], f"deploy left these behind after undeploy: {left[:40]}"
     leftovers = guest(
         info,
         "ls -d /opt/synthdet /var/lib/synthdet /etc/synthdet /var/log/synthdet "

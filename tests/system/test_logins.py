@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 
 from bootstrap import deploy as deploy_lib
-from bootstrap.api import DeployOptions, DeployResult, PipSource, SshTarget
+from bootstrap.api import DeployOptions, DeployResult, SshTarget
 from bootstrap.steps.base import ETC_DIR, OPT_DIR, SERVICE_USER, DeployError
 from serving.contract import smoke
 from serving.models import ModelSpec
 from tests.support import testhost as th
-from tests.support.deployment import guest
+from tests.support.deployment import guest, wheelhouse_pip
 
 pytestmark = pytest.mark.system
 
@@ -31,9 +31,8 @@ def host(fresh_testhost: Callable[..., th.TestHostInfo]) -> th.TestHostInfo:
 
 
 def target_and_options(info: th.TestHostInfo, tmp_path: Path) -> tuple[SshTarget, DeployOptions]:
-    find_links = info.deploy_args[info.deploy_args.index("--pip-find-links") + 1]
     target = SshTarget(info.host, info.user, Path(info.key), known_hosts=tmp_path / "known_hosts")
-    return target, DeployOptions(pip=PipSource(find_links=find_links, trusted_hosts=(info.host_side_ip,)))
+    return target, DeployOptions(pip=wheelhouse_pip(info))
 
 
 def attempt(info: th.TestHostInfo, checkpoint: Path, tmp_path: Path) -> DeployResult:

@@ -20,11 +20,12 @@ from typing import Any
 import pytest
 from pulumi.runtime import rpc
 
-from bootstrap.api import DeployOptions, PipSource
+from bootstrap.api import DeployOptions
 from infra.bootstrap_resource import BootstrapArgs, BootstrapProvider, diff_props
 from serving.models import ModelSpec
 from serving.settings import ServingSettings
 from tests.support import testhost as th
+from tests.support.deployment import wheelhouse_pip
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(3600)]
 
@@ -33,17 +34,13 @@ UNIT = "synthdet-torchserve"
 
 def provider_props(info: th.TestHostInfo, checkpoint: Path, serving: ServingSettings) -> dict:
     """What the program would hand the provider for this host (secrets wrapped as the engine does)."""
-    find_links = info.deploy_args[info.deploy_args.index("--pip-find-links") + 1]
-    trusted = info.deploy_args[info.deploy_args.index("--pip-trusted-host") + 1]
     args = BootstrapArgs(
         host=info.host,
         user=info.user,
         private_key=Path(info.key).read_text(),
-        instance_id=f"testhost:{info.name}",
+        machine_id=f"testhost:{info.name}",
         models=[ModelSpec("synthdet", checkpoint)],
-        options=DeployOptions(
-            serving=serving, pip=PipSource(find_links=find_links, trusted_hosts=(trusted,))
-        ),
+        options=DeployOptions(serving=serving, pip=wheelhouse_pip(info)),
         url_secret="PulumiProviderSystemTest0123456",
         port=info.port,
         known_hosts=info.known_hosts,
@@ -149,5 +146,5 @@ def test_delete_tolerates_a_host_that_is_gone(
     props = provider_props(host, unity_checkpoint, serving)
     th.down(host.name)  # the VM was deleted (or stopped) behind Pulumi's back
     started = time.monotonic()
-    BootstrapProvider().delete(props["instance_id"], props)  # must not raise
+    BootstrapProvider().delete(props["machine_id"], props)  # must not raise
     assert time.monotonic() - started < 120

@@ -20,9 +20,9 @@ import functools
 import http.server
 import os
 import secrets
+import shlex
 import shutil
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,9 +38,11 @@ from bootstrap.steps.base import UNIT_NAME
 from serving.contract import smoke
 from serving.endpoint import LB_HEALTH_PATH
 from serving.models import ModelSpec
+from serving.polling import poll
 from serving.settings import ServingSettings
 from tests.support import testhost as th
 from tests.support.deployment import guest, wait_healthy
+from tests.support.loopback import serve_http
 from tests.support.testhost.wheelhouse import build_boot_wheelhouse, build_wheelhouse
 
 pytestmark = pytest.mark.system
@@ -80,15 +82,8 @@ def link_files(src: Path, dst: Path) -> None:
 @contextlib.contextmanager
 def serve_directory(root: Path, address: str) -> Iterator[str]:
     """A plain HTTP server on the host side (the guest's stand-in for the bucket)."""
-    handler = functools.partial(_QuietHandler, directory=str(root))
-    server = http.server.ThreadingHTTPServer((address, 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://{address}:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve_http(functools.partial(_QuietHandler, directory=str(root)), address=address) as url:
+        yield url
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -140,6 +135,52 @@ def limits_count_phones_behind_the_balancer(info: th.TestHostInfo, base_url: str
         "https://127.0.0.1/a-guess",
     ).split()
     assert "429" in forged[:-1] and forged[-1] == "429", forged[-5:]
+
+
+# The cloud's metadata server, as far as a socket can tell: HTTP on the metadata address, for
+# GCP's token path and AWS's IMDSv2 token PUT alike, and a stand-in for its DNS port (53).
+FAKE_METADATA = """
+import http.server, threading
+class Answer(http.server.BaseHTTPRequestHandler):
+    def reply(self):
+        body = b'{"access_token": "stand-in"}'
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    do_GET = do_PUT = reply
+    def log_message(self, *args):
+        pass
+for port in (80, 53):
+    server = http.server.ThreadingHTTPServer(("169.254.169.254", port), Answer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+threading.Event().wait()
+"""
+GCP_TOKEN = "http://169.254.169.254/computeMetadata/v1/instance/service-accounts/default/token"
+AWS_TOKEN = "http://169.254.169.254/latest/api/token"
+
+
+def metadata_server_is_roots_alone(info: th.TestHostInfo) -> None:
+    """After boot only root can ask the metadata server for the instance's credentials."""
+    guest(info, "ip addr add 169.254.169.254/32 dev lo")
+    guest(info, f"systemd-run --quiet --unit=fake-metadata --collect python3 -c {shlex.quote(FAKE_METADATA)}")
+    try:
+
+        def status(user: str, url: str, method: str = "GET") -> str:
+            curl = f"curl -s -o /dev/null -w '%{{http_code}}' -m 5 -X {method} -H 'Metadata-Flavor: Google'"
+            curl += f" {url}"
+            return guest(info, f"runuser -u {user} -- {curl} || true").strip()
+
+        up, _ = poll(lambda: status("root", GCP_TOKEN), lambda code: code == "200", timeout_s=30, every_s=0.5)
+        assert up, "the stand-in metadata server did not answer root"
+        assert status("root", AWS_TOKEN, "PUT") == "200"
+        for user in ("nobody", info.user):
+            assert status(user, GCP_TOKEN) == "000", user  # refused: no connection at all
+            assert status(user, AWS_TOKEN, "PUT") == "000", user
+        # The same address's other services (GCP's DNS resolver, NTP) stay open to everyone.
+        assert status("nobody", "http://169.254.169.254:53/") == "200"
+    finally:
+        th.ssh_exec(info, "systemctl stop fake-metadata; ip addr del 169.254.169.254/32 dev lo")
 
 
 def test_startup_script_alone_brings_up_a_healthy_endpoint(
@@ -205,9 +246,13 @@ def test_startup_script_alone_brings_up_a_healthy_endpoint(
         assert client.get(f"{base_url}/ping").status_code == 404
         assert client.get(f"{base_url}/not-the-secret/ping").status_code == 404
         assert client.get(f"{base_url}/{secret}/ping").status_code == 200
+        # The balancer forwards every path (it knows no secret): a phone behind it asking
+        # for the health path gets the 404 any unknown path gets.
+        phone = client.get(f"{base_url}{LB_HEALTH_PATH}", headers={"X-Forwarded-For": "198.51.100.9"})
+        assert phone.status_code == 404 and phone.json()["code"] == 404
     # The secret-free health path answers the balancer's addresses only.
     refused = guest(info, f"curl -sk -o /dev/null -w '%{{http_code}}' https://127.0.0.1{LB_HEALTH_PATH}")
-    assert refused.strip() in ("403", "405"), refused
+    assert refused.strip() == "404", refused
     limits_count_phones_behind_the_balancer(info, base_url)
 
     # The guest ran it by itself: the oneshot unit finished successfully and logged it.
@@ -219,6 +264,7 @@ def test_startup_script_alone_brings_up_a_healthy_endpoint(
     assert secret not in log  # nothing prints the secret URL
     assert guest(info, f"systemctl is-enabled {UNIT_NAME}").strip() == "enabled"
     assert guest(info, "stat -c '%a' /var/lib/synthdet-boot/files/boot.json").strip() == "600"
+    metadata_server_is_roots_alone(info)
 
     # Every boot runs it again (GCP's startup-script does): idempotent, serving again with
     # nobody logging in, even with the "bucket" gone (the server above is stopped): what the
@@ -231,5 +277,7 @@ def test_startup_script_alone_brings_up_a_healthy_endpoint(
     )
     log = guest(info, "cat /var/log/synthdet-boot.log")
     assert log.count("done: serving") == 2
+    # The metadata rule came back with the boot, before the startup script ran.
+    assert "169.254.169.254" in guest(info, "nft list table inet synthdet")
     assert "using the config of the last boot" in log
     assert smoke(f"{base_url}/{secret}/predictions/synthdet", timeout_s=120).status == 200

@@ -85,23 +85,24 @@ def test_fp16_never_runs_on_cpu() -> None:
     assert not isinstance(handler._autocast(), torch.autocast)
 
 
-@pytest.mark.parametrize(("workers", "share"), [(None, 1), (1, 1), (2, 2)])
-def test_cpu_workers_share_the_cores(
-    monkeypatch: pytest.MonkeyPatch, workers: int | None, share: int
+@pytest.mark.parametrize(
+    ("workers", "physical", "threads"), [(None, 2, 2), (1, 8, 8), (2, 8, 4), (3, 8, 2), (4, 2, 1)]
+)
+def test_cpu_workers_share_the_physical_cores(
+    monkeypatch: pytest.MonkeyPatch, workers: int | None, physical: int, threads: int
 ) -> None:
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     chosen: list[int] = []
     monkeypatch.setattr(torch, "set_num_threads", chosen.append)
-    service._share_cores({"minWorkers": workers} if workers else None)
-    cores = len(__import__("os").sched_getaffinity(0))
-    assert chosen == [max(1, cores // share)]
+    service._share_cores({"minWorkers": workers} if workers else None, physical)
+    assert chosen == [threads]
 
 
 def test_operators_thread_count_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     chosen: list[int] = []
     monkeypatch.setattr(torch, "set_num_threads", chosen.append)
-    service._share_cores({"minWorkers": 4})
+    service._share_cores({"minWorkers": 4}, 8)
     assert chosen == []
 
 
@@ -113,12 +114,12 @@ def test_visible_gpus_follow_cuda_visible_devices(
     assert local_serve.visible_gpus() == count
 
 
-def test_one_worker_per_gpu_else_per_eight_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_one_worker_per_gpu_else_one(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(local_serve, "visible_gpus", lambda: 2)
     assert local_serve.default_workers() == 2
     monkeypatch.setattr(local_serve, "visible_gpus", lambda: 0)
     monkeypatch.setattr(local_serve.os, "sched_getaffinity", lambda _pid: set(range(16)))
-    assert local_serve.default_workers() == 2
+    assert local_serve.default_workers() == 1
     monkeypatch.setattr(local_serve.os, "sched_getaffinity", lambda _pid: {0, 1})
     assert local_serve.default_workers() == 1
 
@@ -197,7 +198,7 @@ def test_allocator_settings_apply_without_error() -> None:
 
 def test_cpu_serving_defaults_refuse_rather_than_queue(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(local_serve, "visible_gpus", lambda: 0)
-    monkeypatch.setattr(local_serve, "default_workers", lambda: 1)
+    monkeypatch.setattr(local_serve, "cpu_cores", lambda: 2)
     cpu = local_serve.local_defaults(ServingSettings(score_threshold=0.7))
     assert (cpu.workers, cpu.batch_size, cpu.job_queue_size) == (1, 1, 1)
     chosen = local_serve.local_defaults(ServingSettings(batch_size=3, job_queue_size=9))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -30,7 +30,10 @@ from bootstrap.facts import (
     parse_python_version,
 )
 from bootstrap.steps import venv
-from bootstrap.steps.base import Context, DeployError, HostState
+from bootstrap.steps.base import SERVICE_USER, DeployError, HostState, Run, settings_for
+from bootstrap.steps.layout import Layout
+from bootstrap.steps.packages import SystemPackages
+from bootstrap.steps.step import Done
 from serving.models import ModelSpec
 from tests.support.fake_host import FakeRunner
 
@@ -132,23 +135,38 @@ class FakeHost(FakeRunner):
         return [c for c in self.commands if re.search(pattern, c)]
 
 
-def make_ctx(
+@dataclass
+class VenvCase:
+    """The venv step's inputs on a fake host (as a deploy makes them), and its last output."""
+
+    run: Run
+    state: HostState = field(default_factory=HostState)
+    torch: venv.TorchChoice | None = None
+
+    def apply(self) -> Done[venv.Venv]:
+        done = venv.apply(self.run, self.state, SystemPackages(), Layout(SERVICE_USER))
+        self.torch = done.output.torch
+        return done
+
+
+def make_case(
     host: FakeHost,
     pythons: tuple[PythonProbe, ...],
     *,
     gpu: GpuInfo | None = None,
     os_info: OsInfo = UBUNTU_2004,
     options: DeployOptions | None = None,
-) -> Context:
+) -> VenvCase:
     facts = HostFacts(os_info, "x86_64", 4, 30000, (gpu,) if gpu else (), pythons)
-    return Context(
+    options = options or DeployOptions()
+    run = Run(
         conn=host,
         facts=facts,
         models=(ModelSpec("synthdet", Path("a.pth")),),
-        options=options or DeployOptions(),
+        options=replace(options, serving=settings_for(facts, options.serving)),
         public_address="203.0.113.7",
-        state=HostState(),
     )
+    return VenvCase(run)
 
 
 def focal_python3() -> PythonProbe:
@@ -165,9 +183,9 @@ def torch_installs(host: FakeHost) -> list[str]:
     return host.ran(r"pip .* install .*torchvision")
 
 
-def rerun_is_noop(ctx: Context, host: FakeHost) -> bool:
+def rerun_is_noop(case: VenvCase, host: FakeHost) -> bool:
     before = len(host.commands)
-    result = venv.apply(ctx)
+    result = case.apply()
     later = host.commands[before:]
     return not result.changed and not any("install" in c or "-m venv" in c for c in later)
 
@@ -217,32 +235,32 @@ def test_image_python_311_is_reused_with_its_torch() -> None:
     """Unchanged behaviour: a new enough image Python keeps its torch, nothing is searched."""
     image = PythonProbe("/usr/bin/python3", "3.11.2", True, torch="2.8.0", torchvision="0.23.0")
     host = FakeHost()
-    ctx = make_ctx(host, (image,), os_info=DEBIAN_12)
-    result = venv.apply(ctx)
-    assert result.changed and ctx.torch is not None and ctx.torch.reuse_image
+    case = make_case(host, (image,), os_info=DEBIAN_12)
+    result = case.apply()
+    assert result.changed and case.torch is not None and case.torch.reuse_image
     assert "Python 3.11.2 (image)" in result.detail
     assert host.ran(r"/usr/bin/python3 -m venv --system-site-packages /opt/synthdet/venv-")
     assert not torch_installs(host)
     assert not host.ran("command -v") and not host.ran("apt-get")
-    assert rerun_is_noop(ctx, host)
+    assert rerun_is_noop(case, host)
 
 
 def test_old_image_python_with_python311_present_installs_torch() -> None:
     """The M60 AMI: python3 is 3.8; an installed python3.11 is used and gets cu126 torch."""
     host = FakeHost(interpreters={"python3.11": PY311_LINE})
-    ctx = make_ctx(host, (focal_python3(),), gpu=M60)
-    result = venv.apply(ctx)
+    case = make_case(host, (focal_python3(),), gpu=M60)
+    result = case.apply()
     assert venv_created_from(host) == "/usr/bin/python3.11"
     assert not host.ran("--system-site-packages")
     (install,) = torch_installs(host)
     assert "https://download.pytorch.org/whl/cu126" in install
-    assert ctx.torch is not None and not ctx.torch.reuse_image and ctx.torch.build is not None
-    assert ctx.torch.build.flavor == "cu126"
+    assert case.torch is not None and not case.torch.reuse_image and case.torch.build is not None
+    assert case.torch.build.flavor == "cu126"
     assert "Python 3.11.2 (host)" in result.detail
     assert not host.ran("apt-get") and not host.ran("python install")
     stamp = json.loads(next(v.data for k, v in host.files.items() if k.endswith(venv.STAMP_NAME)))
     assert stamp["python"] == "/usr/bin/python3.11" and stamp["python_version"] == "3.11.2"
-    assert rerun_is_noop(ctx, host)
+    assert rerun_is_noop(case, host)
 
 
 def test_old_image_torch_is_not_reused_by_another_interpreter() -> None:
@@ -252,19 +270,19 @@ def test_old_image_torch_is_not_reused_by_another_interpreter() -> None:
         arch_list=("sm_50", "sm_60", "sm_70"), cuda_available=True, capability=(5, 2),
     )  # fmt: skip
     host = FakeHost(interpreters={"python3.11": PY311_LINE})
-    ctx = make_ctx(host, (old, focal_python3()), gpu=M60)
-    venv.apply(ctx)
+    case = make_case(host, (old, focal_python3()), gpu=M60)
+    case.apply()
     assert venv_created_from(host) == "/usr/bin/python3.11"
-    assert ctx.torch is not None and not ctx.torch.reuse_image and len(torch_installs(host)) == 1
-    assert "belongs to Python 3.8.18 (/opt/conda/bin/python3)" in ctx.torch.reason
+    assert case.torch is not None and not case.torch.reuse_image and len(torch_installs(host)) == 1
+    assert "belongs to Python 3.8.18 (/opt/conda/bin/python3)" in case.torch.reason
 
 
 def test_old_python_and_nothing_else_installs_python_with_uv(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("UV_PYTHON_INSTALL_MIRROR", "https://mirror.example/pbs")
     host = FakeHost()
     pip = PipSource(index_url="https://pypi.mirror.example/simple")
-    ctx = make_ctx(host, (focal_python3(),), gpu=M60, options=DeployOptions(pip=pip))
-    result = venv.apply(ctx)
+    case = make_case(host, (focal_python3(),), gpu=M60, options=DeployOptions(pip=pip))
+    result = case.apply()
     # apt was asked first and had nothing (Ubuntu 20.04), then uv.
     assert host.ran(r"apt-cache policy python3.12-venv python3.11-venv python3.10-venv")
     assert not host.ran(r"apt-get .* install")
@@ -279,16 +297,16 @@ def test_old_python_and_nothing_else_installs_python_with_uv(monkeypatch: pytest
     assert len(torch_installs(host)) == 1
     assert "Python 3.11.14 (uv)" in result.detail
     # The rerun finds uv's Python under /opt/synthdet and changes nothing.
-    assert rerun_is_noop(ctx, host)
+    assert rerun_is_noop(case, host)
     assert len(host.ran("python install")) == 1
 
 
 def test_apt_python_where_the_distribution_has_one() -> None:
     host = FakeHost(apt_policy=APT_POLICY_BOOKWORM, apt_provides={"python3.11": PY311_LINE})
-    ctx = make_ctx(host, (PythonProbe("/usr/bin/python3", "3.9.2", True),), os_info=DEBIAN_12)
-    result = venv.apply(ctx)
+    case = make_case(host, (PythonProbe("/usr/bin/python3", "3.9.2", True),), os_info=DEBIAN_12)
+    result = case.apply()
     assert host.ran(r"install -y -q --no-install-recommends python3.11 python3.11-venv$")
-    assert ctx.state.apt_installed == ["python3.11", "python3.11-venv"]  # undeploy removes them
+    assert case.state.apt_installed == ["python3.11", "python3.11-venv"]  # undeploy removes them
     assert venv_created_from(host) == "/usr/bin/python3.11"
     assert "(apt)" in result.detail and not host.ran("python install")
 
@@ -296,8 +314,8 @@ def test_apt_python_where_the_distribution_has_one() -> None:
 def test_apt_not_allowed_goes_to_uv() -> None:
     host = FakeHost(apt_policy=APT_POLICY_BOOKWORM)
     options = DeployOptions(install_system_packages=False)
-    ctx = make_ctx(host, (focal_python3(),), options=options)
-    venv.apply(ctx)
+    case = make_case(host, (focal_python3(),), options=options)
+    case.apply()
     assert not host.ran("apt") and host.ran("python install")
 
 
@@ -306,11 +324,11 @@ def test_python_override(same_as_image: bool) -> None:
     image = PythonProbe("/usr/bin/python3.12", "3.12.3", True, torch="2.8.0", torchvision="0.23.0")
     path = "/usr/bin/python3.12" if same_as_image else "/opt/py/bin/python3.12"
     host = FakeHost(interpreters={path: f"{path} 3.12.3 1\n"})
-    ctx = make_ctx(host, (image,), options=DeployOptions(python=path))
-    result = venv.apply(ctx)
+    case = make_case(host, (image,), options=DeployOptions(python=path))
+    result = case.apply()
     assert venv_created_from(host) == path
     assert "Python 3.12.3 (--python)" in result.detail
-    assert ctx.torch is not None and ctx.torch.reuse_image is same_as_image
+    assert case.torch is not None and case.torch.reuse_image is same_as_image
     assert bool(torch_installs(host)) is not same_as_image
 
 
@@ -324,17 +342,17 @@ def test_python_override(same_as_image: bool) -> None:
 )
 def test_python_override_errors(line: str, message: str) -> None:
     host = FakeHost(interpreters={"/usr/bin/python3.8": line})
-    ctx = make_ctx(host, (focal_python3(),), options=DeployOptions(python="/usr/bin/python3.8"))
+    case = make_case(host, (focal_python3(),), options=DeployOptions(python="/usr/bin/python3.8"))
     with pytest.raises(DeployError, match=re.escape(message)):
-        venv.apply(ctx)
+        case.apply()
     assert not host.ran("-m venv /opt/synthdet/venv")  # never a fallback when forced
 
 
 def test_error_when_everything_fails() -> None:
     host = FakeHost(uv_error=UV_OFFLINE)
-    ctx = make_ctx(host, (focal_python3(),), gpu=M60)
+    case = make_case(host, (focal_python3(),), gpu=M60)
     with pytest.raises(DeployError) as err:
-        venv.apply(ctx)
+        case.apply()
     text = str(err.value)
     assert text.startswith("host Python 3.8.10 (/usr/bin/python3) is too old")
     assert "no python3.12/3.11/3.10 with venv support on the host" in text
@@ -348,9 +366,9 @@ def test_error_when_everything_fails() -> None:
 
 def test_error_when_uv_itself_is_not_in_the_package_index() -> None:
     host = FakeHost(uv_pip_ok=False)
-    ctx = make_ctx(host, (focal_python3(),), options=DeployOptions(pip=PipSource(find_links="/wheels")))
+    case = make_case(host, (focal_python3(),), options=DeployOptions(pip=PipSource(find_links="/wheels")))
     with pytest.raises(DeployError, match="could not pip-install uv from the package index") as err:
-        venv.apply(ctx)
+        case.apply()
     assert "No matching distribution found for uv" in str(err.value)
     (uv,) = host.ran("python install")
     assert "--no-index --find-links /wheels uv" in uv  # the closed wheelhouse is honoured
@@ -365,9 +383,9 @@ def test_pick_host_needs_venv_support() -> None:
 
 
 def test_stamp_includes_the_interpreter_version() -> None:
-    ctx = make_ctx(FakeHost(), (focal_python3(),))
+    case = make_case(FakeHost(), (focal_python3(),))
     choice = venv.TorchChoice(False, "cpu", None, "cpu")
     reqs = "torchserve==0.12.0\n"
-    a = venv.stamp_for(ctx, choice, "/usr/bin/python3.11", reqs, "3.11.2")
-    assert a == venv.stamp_for(ctx, choice, "/usr/bin/python3.11", reqs, "3.11.2")
-    assert a != venv.stamp_for(ctx, choice, "/usr/bin/python3.11", reqs, "3.11.9")
+    a = venv.stamp_for(case.run.options, choice, "/usr/bin/python3.11", reqs, "3.11.2")
+    assert a == venv.stamp_for(case.run.options, choice, "/usr/bin/python3.11", reqs, "3.11.2")
+    assert a != venv.stamp_for(case.run.options, choice, "/usr/bin/python3.11", reqs, "3.11.9")

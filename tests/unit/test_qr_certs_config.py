@@ -14,9 +14,9 @@ from PIL import Image
 
 from serving.certs import fingerprint_sha256, make_self_signed
 from serving.models import ModelSpec
+from serving.qr import BLACK_ON_WHITE, render_terminal, write_png
 from serving.settings import ServingSettings
 from serving.torchserve_config import render_config_properties
-from synthdet.qr import BLACK_ON_WHITE, render_terminal, write_png
 
 URLS = [
     "https://203.0.113.7:8443/predictions/synthdet",

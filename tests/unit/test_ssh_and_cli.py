@@ -22,7 +22,7 @@ from bootstrap.ssh import (
     known_hosts_name,
     load_private_key,
 )
-from synthdet import deploy_commands
+from synthdet.commands import deploy as deploy_commands
 from tests.support.keys import openssh_private_key
 
 

@@ -33,7 +33,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import tenacity
+from serving.polling import poll, retry
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 # The dev venv whose torch the guests get (and whose pip fills the wheelhouse).
@@ -55,7 +55,16 @@ BASE_PACKAGES = (
 # fmt: on
 # What a cloud deep-learning image (or our prepared image) already carries.
 # nftables: the deploy's firewall step needs `nft`; the guest has no internet to apt-get it.
-IMAGE_PACKAGES = ("openjdk-17-jre-headless", "nginx", "nftables", "python3-venv", "python3-pip")
+# libnginx-mod-stream: nginx's stream module, for the ACME splitter on :443 (the guest has no
+# internet, so a deploy with ACME finds it here, as a cloud image's apt would).
+IMAGE_PACKAGES = (
+    "openjdk-17-jre-headless",
+    "nginx",
+    "libnginx-mod-stream",
+    "nftables",
+    "python3-venv",
+    "python3-pip",
+)
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 
 # Debian 12's interpreter: the torch site-packages must be built for this minor version.
@@ -181,12 +190,12 @@ def _flock(path: Path, timeout: float, what: str) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as fh:
         try:
-            tenacity.Retrying(
-                stop=tenacity.stop_after_delay(timeout),
-                wait=tenacity.wait_fixed(0.2),
-                retry=tenacity.retry_if_exception_type(BlockingIOError),
-                reraise=True,
-            )(fcntl.flock, fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            retry(
+                lambda: fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB),
+                timeout_s=timeout,
+                every_s=0.2,
+                when=BlockingIOError,
+            )
         except BlockingIOError:
             raise TestHostError(
                 f"timed out after {timeout:.0f} s waiting for {what} ({path}); "
@@ -240,15 +249,10 @@ def _read_pid(path: Path) -> int | None:
 
 def _wait_dead(pids: Sequence[int], timeout: float) -> bool:
     """True once none of `pids` is alive, False if one still is after `timeout` seconds."""
-    try:
-        tenacity.Retrying(
-            stop=tenacity.stop_after_delay(timeout),
-            wait=tenacity.wait_fixed(0.1),
-            retry=tenacity.retry_if_result(bool),
-        )(lambda: any(_pid_alive(p) for p in pids))
-    except tenacity.RetryError:
-        return False
-    return True
+    dead, _ = poll(
+        lambda: any(_pid_alive(p) for p in pids), lambda alive: not alive, timeout_s=timeout, every_s=0.1
+    )
+    return dead
 
 
 def _kill(pid: int, sig: int) -> None:
@@ -285,15 +289,9 @@ def _spawn_detached(argv: Sequence[str], log_path: Path, pid_path: Path) -> int:
             check=True,
             timeout=10,
         )
-    try:
-        pid = tenacity.Retrying(
-            stop=tenacity.stop_after_delay(10),
-            wait=tenacity.wait_fixed(0.02),
-            retry=tenacity.retry_if_result(lambda found: found is None),
-        )(_read_pid, pid_path)
-    except tenacity.RetryError:
-        raise TestHostError(f"{argv[0]} did not start (see {log_path}):\n{_tail(log_path)}") from None
-    assert pid is not None
+    _, pid = poll(lambda: _read_pid(pid_path), lambda found: found is not None, timeout_s=10, every_s=0.02)
+    if pid is None:
+        raise TestHostError(f"{argv[0]} did not start (see {log_path}):\n{_tail(log_path)}")
     return pid
 
 

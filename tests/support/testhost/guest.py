@@ -22,8 +22,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import tenacity
-
+from serving.polling import poll
 from tests.support.testhost.common import (
     BOOT_TIMEOUT,
     GUEST_SITE,
@@ -241,16 +240,9 @@ def _remove_cgroups(name: str) -> None:
             _kill(pid, signal.SIGKILL)
         return pids
 
-    try:
-        tenacity.Retrying(
-            stop=tenacity.stop_after_delay(15),
-            wait=tenacity.wait_fixed(0.1),
-            retry=tenacity.retry_if_result(bool),
-        )(kill_the_rest)
-    except tenacity.RetryError as exc:
-        raise TestHostError(
-            f"processes {sorted(exc.last_attempt.result())} of {name} survived SIGKILL"
-        ) from None
+    gone, survivors = poll(kill_the_rest, lambda pids: not pids, timeout_s=15, every_s=0.1)
+    if not gone:
+        raise TestHostError(f"processes {sorted(survivors)} of {name} survived SIGKILL")
     for cg in _cgroup_dirs(name):
         if cg.is_dir():
             for d in sorted((p for p in cg.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
@@ -292,16 +284,20 @@ def ssh_exec(
     ssh itself failed.
     """
     remote = cmd if isinstance(cmd, str) else shlex.join(cmd)
+    timed_out = f"ssh {info.name}: {remote!r} timed out after {timeout:.0f} s"
+    return _captured([*ssh_argv(info, user=user), remote], timeout, timed_out)
+
+
+def _captured(
+    argv: list[str], timeout: float, timed_out: str, env: dict[str, str] | None = None
+) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of `argv`, no stdin; TestHostError(`timed_out`) past `timeout`."""
     try:
         proc = subprocess.run(
-            [*ssh_argv(info, user=user), remote],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
+            argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, env=env
         )
     except subprocess.TimeoutExpired as exc:
-        raise TestHostError(f"ssh {info.name}: {remote!r} timed out after {timeout:.0f} s") from exc
+        raise TestHostError(timed_out) from exc
     return proc.returncode, proc.stdout, proc.stderr
 
 
@@ -319,17 +315,12 @@ def _wait_for_ssh(name: str, info: TestHostInfo, timeout: float, since: float) -
             )
         return "" if rc == 0 else (err.strip() or f"exit {rc}")
 
-    try:
-        tenacity.Retrying(
-            stop=tenacity.stop_after_delay(timeout),
-            wait=tenacity.wait_fixed(0.25),
-            retry=tenacity.retry_if_result(bool),
-        )(try_login)
-    except tenacity.RetryError as exc:
+    logged_in, last_error = poll(try_login, lambda error: not error, timeout_s=timeout, every_s=0.25)
+    if not logged_in:
         raise TestHostError(
-            f"{name}: no SSH login within {timeout:.0f} s (last ssh error: {exc.last_attempt.result()}).\n"
+            f"{name}: no SSH login within {timeout:.0f} s (last ssh error: {last_error}).\n"
             f"Console ({state_dir / 'console.log'}):\n{_tail(state_dir / 'console.log', 40)}"
-        ) from None
+        )
     _log(f"{name}: SSH answers ({time.monotonic() - since:.1f} s)")
 
 
@@ -361,16 +352,9 @@ def _start_http(state_dir: Path, ip: str, wheelhouse: Path) -> int:
             return True
         return False
 
-    try:
-        tenacity.Retrying(
-            stop=tenacity.stop_after_delay(15),
-            wait=tenacity.wait_fixed(0.05),
-            retry=tenacity.retry_if_result(lambda ok: not ok),
-        )(answers)
-    except tenacity.RetryError:
-        raise TestHostError(
-            f"the wheelhouse server did not start:\n{_tail(state_dir / 'http.log')}"
-        ) from None
+    started, _ = poll(answers, lambda ok: ok, timeout_s=15, every_s=0.05)
+    if not started:
+        raise TestHostError(f"the wheelhouse server did not start:\n{_tail(state_dir / 'http.log')}")
     return port
 
 
@@ -586,20 +570,58 @@ def reboot(name: str, timeout: float = BOOT_TIMEOUT) -> TestHostInfo:
             )
         return boots_file.exists() and boots_file.read_text().strip() == before
 
-    try:
-        tenacity.Retrying(
-            stop=tenacity.stop_after_delay(timeout),
-            wait=tenacity.wait_fixed(0.1),
-            retry=tenacity.retry_if_result(bool),
-        )(still_first_boot)
-    except tenacity.RetryError:
+    rebooted, _ = poll(still_first_boot, lambda same_boot: not same_boot, timeout_s=timeout, every_s=0.1)
+    if not rebooted:
         raise TestHostError(
             f"{name}: the guest did not reboot within {timeout:.0f} s "
             f"(`systemctl reboot` over SSH said: {ssh_error or 'nothing'}); "
             f"`tests/testhost down {name}` and `up` start it afresh"
-        ) from None
+        )
     _wait_for_ssh(name, host, max(deadline - time.monotonic(), 5), started)
     return host
+
+
+def is_running(name: str) -> bool:
+    """Whether the guest is up: False once it powered itself off (`systemctl poweroff`), as a
+    VM is stopped; `power_on` boots it again."""
+    return _is_running(_check_name(name))
+
+
+def power_on(name: str, timeout: float = BOOT_TIMEOUT) -> TestHostInfo:
+    """Boot again a host whose guest powered itself off, like starting a stopped VM: its disk,
+    network, address, keys and logins are all kept. A running host is left as it is."""
+    _check_name(name)
+    state_dir = _state_dir(name)
+    data = _load_json(state_dir / "info.json")
+    if data is None or not (state_dir / "state.json").exists():
+        raise TestHostError(f"test host {name} was never up (or is down): `tests/testhost up {name}`")
+    host = TestHostInfo(**data)
+    started = time.monotonic()
+    with _flock(STATE_ROOT / ".state.lock", 300, "the test host state lock"):
+        if not _is_running(name):
+            _log(f"{name}: powering on (disk kept)...")
+            _spawn_detached(
+                [sys.executable, str(TESTHOST_SCRIPT), "_supervise", name],
+                state_dir / "supervisor.log",
+                state_dir / "supervisor.pid",
+            )
+    _wait_for_ssh(name, host, timeout, started)
+    return host
+
+
+def guest_exec(name: str, cmd: str, timeout: float = 120) -> tuple[int, str, str]:
+    """Run a shell command in the running guest as root without logging in: `nsenter` into
+    its namespaces. For tests that must not open an SSH session (idle stop counts them as
+    use of the machine). (exit status, stdout, stderr)."""
+    nspawn = _read_pid(_state_dir(_check_name(name)) / "nspawn.pid")
+    children = Path(f"/proc/{nspawn}/task/{nspawn}/children") if nspawn else None
+    init = children.read_text().split()[0] if children and children.exists() and children.read_text() else ""
+    if not init:
+        raise TestHostError(f"test host {name} is not running (no guest init to enter)")
+    argv = ["nsenter", f"--target={init}", "--mount", "--uts", "--ipc", "--net", "--pid", "--root", "--wd"]
+    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+    timed_out = f"{name}: {cmd!r} timed out after {timeout:.0f} s in the guest"
+    return _captured([*argv, "--", "/bin/sh", "-c", cmd], timeout, timed_out, env)
 
 
 def status() -> list[dict]:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import tenacity
-
+from serving.polling import poll
 from tests.support.testhost.common import (
     STATE_ROOT,
     SUBNET_PREFIX,
@@ -70,11 +69,6 @@ def _teardown_network(name: str) -> None:
         _run(["ip", "link", "del", host_if], timeout=15, check=False)
         return Path(f"/sys/class/net/{host_if}").exists()
 
-    try:
-        tenacity.Retrying(
-            stop=tenacity.stop_after_delay(5),
-            wait=tenacity.wait_fixed(0.1),
-            retry=tenacity.retry_if_result(bool),
-        )(delete_it)
-    except tenacity.RetryError:
-        raise TestHostError(f"could not delete the interface {host_if}") from None
+    deleted, _ = poll(delete_it, lambda still_there: not still_there, timeout_s=5, every_s=0.1)
+    if not deleted:
+        raise TestHostError(f"could not delete the interface {host_if}")

@@ -7,6 +7,7 @@ No logic lives here: options become SshTarget/ModelSpec/DeployOptions and
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -17,16 +18,37 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TransferSpeedColumn
 
 from bootstrap import deploy as deploy_lib
-from bootstrap.api import DEFAULT_KNOWN_HOSTS, DeployOptions, DeployResult, PipSource, SshTarget
+from bootstrap.api import (
+    DEFAULT_KNOWN_HOSTS,
+    LETS_ENCRYPT_DIRECTORY,
+    LETS_ENCRYPT_TERMS,
+    DeployOptions,
+    DeployResult,
+    PipSource,
+    SshTarget,
+)
 from bootstrap.runner import RunnerError
 from serving.models import ModelSpec
+from serving.qr import render_terminal, write_png
 from serving.settings import ServingSettings
+from synthdet.commands.common import tilde
+from synthdet.commands.power import idle_stop_note
 from synthdet.console import escape, make_console
-from synthdet.qr import render_terminal, write_png
+from synthdet.url_secret import ENV_VAR as URL_SECRET_ENV
+from synthdet.url_secret import choose_url_secret
+
+# The default known_hosts as --help shows it: the home as ~, and in words that wrap (a
+# long path in rich's narrow help column is cut off at 80 columns).
+KNOWN_HOSTS_SHOWN = f"{DEFAULT_KNOWN_HOSTS.name} in {tilde(DEFAULT_KNOWN_HOSTS.parent)}"
 
 
-class RichProgress:
-    """The library's Progress protocol drawn with rich: status lines, steps, upload bars."""
+def register(app: typer.Typer) -> None:
+    app.command("deploy")(deploy)
+    app.command("undeploy")(undeploy)
+
+
+class RichReporter:
+    """bootstrap.api.DeployReporter drawn with rich: status lines, steps, upload bars."""
 
     def __init__(self, console: Console) -> None:
         self.console = console
@@ -36,9 +58,12 @@ class RichProgress:
     def status(self, message: str) -> None:
         self.console.print(f"[dim]… {escape(message)}[/dim]")
 
-    def step_done(self, name: str, changed: bool, detail: str = "") -> None:
+    def step_done(self, name: str, changed: bool | None, detail: str = "") -> None:
         self._close_bars()
-        mark = "[yellow]changed  [/yellow]" if changed else "[green]unchanged[/green]"
+        if changed is None:  # a check: it looked, and changes nothing
+            mark = "[green]checked  [/green]"
+        else:
+            mark = "[yellow]changed  [/yellow]" if changed else "[green]unchanged[/green]"
         self.console.print(f"{mark} {escape(name)}  [dim]{escape(detail)}[/dim]")
 
     def upload(self, label: str, sent: int, total: int) -> None:
@@ -89,6 +114,7 @@ def _print_result(console: Console, result: DeployResult, qr_png: Path | None) -
             write_png(url, path)
             console.print(f"QR code written to {path}", markup=False)
     console.print(f"Certificate SHA-256: {result.cert_sha256}", markup=False)
+    _print_certificate(console, result.certificate)
     console.print(f"Endpoint: {result.endpoint}", markup=False)
     console.print(
         "Scan the QR code with the SynthDet Viewer app, or with any phone's camera for the web viewer."
@@ -99,6 +125,28 @@ def _print_result(console: Console, result: DeployResult, qr_png: Path | None) -
     )
     if not result.changed:
         console.print("[green]Nothing changed: the host was already up to date.[/green]")
+
+
+def _print_certificate(console: Console, certificate: dict[str, str]) -> None:
+    """Whether browsers trust the endpoint, in one line (the padlock, or why not)."""
+    note = certificate.get("note", "")
+    if certificate.get("public") == "yes":
+        console.print(
+            f"Certificate: publicly trusted ({note}); browsers open the URL without a warning. Its "
+            "SHA-256 changes at every renewal; the URL and QR code do not.",
+            markup=False,
+        )
+    elif certificate.get("source") == "acme" or note:
+        console.print(f"[yellow]Certificate: self-signed[/yellow] ({escape(note)})")
+
+
+def _acme_terms(console: Console, directory: str) -> None:
+    """Registering with the CA agrees to its terms: say whose, before the deploy does."""
+    terms = LETS_ENCRYPT_TERMS if directory == LETS_ENCRYPT_DIRECTORY else "the terms in its directory"
+    console.print(
+        f"ACME: the host registers an account with {escape(directory)} and agrees to the CA's terms "
+        f"of service ({escape(terms)})."
+    )
 
 
 def _fail(console: Console, exc: BaseException) -> typer.Exit:
@@ -119,7 +167,11 @@ def deploy(
     key: Annotated[Path | None, typer.Option(help="SSH private key file.")] = None,
     port: Annotated[int, typer.Option(help="SSH port.")] = 22,
     known_hosts: Annotated[
-        Path, typer.Option(help="Where host keys are recorded; a changed key is refused.")
+        Path,
+        typer.Option(
+            help=f"Where host keys are recorded; a changed key is refused. Default: {KNOWN_HOSTS_SHOWN}",
+            show_default=False,
+        ),
     ] = DEFAULT_KNOWN_HOSTS,
     label_map: Annotated[
         Path | None, typer.Option(help="index_to_name.json for every model (default: SynthDet's).")
@@ -128,15 +180,44 @@ def deploy(
         str | None, typer.Option(help="Address in URLs and the certificate (default: --host).")
     ] = None,
     public_port: Annotated[int, typer.Option(help="HTTPS port nginx listens on.")] = 443,
+    url_secret_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="File holding the secret path segment of the URL ('-': stdin; or set "
+            f"{URL_SECRET_ENV}). Default: keep the host's, or generate one; pass a new one to rotate."
+        ),
+    ] = None,
     url_secret: Annotated[
         str | None,
         typer.Option(
-            help="Secret path segment in the URL (default: keep the host's, or generate "
-            "one); pass a new one to rotate."
+            help="The secret itself (discouraged: every local user sees it in the process list; "
+            f"use --url-secret-file or {URL_SECRET_ENV})."
         ),
     ] = None,
     tls_cert: Annotated[Path | None, typer.Option(help="Your own certificate (PEM).")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="Its private key (PEM).")] = None,
+    acme: Annotated[
+        bool,
+        typer.Option(
+            help="A publicly trusted certificate for the public address from an ACME CA (Let's "
+            "Encrypt; an IP address gets its 160-hour certificates), validated through port 443 "
+            "(TLS-ALPN-01) and renewed on the host; needs a public address. Registering agrees to "
+            f"the CA's terms ({LETS_ENCRYPT_TERMS}). Off: self-signed."
+        ),
+    ] = False,
+    acme_email: Annotated[
+        str | None, typer.Option(help="Contact email for the ACME account (expiry notices).")
+    ] = None,
+    acme_directory: Annotated[
+        str, typer.Option(help="ACME directory URL of another CA (staging, a private CA, pebble).")
+    ] = LETS_ENCRYPT_DIRECTORY,
+    acme_ca: Annotated[
+        Path | None,
+        typer.Option(
+            help="CA certificates (PEM) to trust for that ACME server: its HTTPS and the roots it "
+            "issues under (private CAs, tests)."
+        ),
+    ] = None,
     pip_index_url: Annotated[str | None, typer.Option(help="Package index or mirror.")] = None,
     pip_find_links: Annotated[
         str | None, typer.Option(help="Wheelhouse URL/dir; alone it means no index at all.")
@@ -168,6 +249,15 @@ def deploy(
         float, typer.Option(help="Seconds to wait for SSH on a booting host.")
     ] = DeployOptions.ssh_wait_timeout_s,
     smoke: Annotated[bool, typer.Option(help="Send a test image after deploying.")] = True,
+    idle_stop_minutes: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=1440,
+            help="Power the host off after this many minutes without a prediction request or SSH "
+            "login (0: never).",
+        ),
+    ] = 0,
     qr_png: Annotated[Path | None, typer.Option(help="Also write the QR code as PNG.")] = None,
     json_output: Annotated[
         bool, typer.Option("--json", help="Last stdout line: one JSON object with the result.")
@@ -177,10 +267,13 @@ def deploy(
     # With --json, humans read stderr and programs read stdout's last line.
     console = make_console(stderr=json_output)
     try:
+        secret = choose_url_secret(flag=url_secret, file=url_secret_file, environ=os.environ)
+        if secret.warning:
+            console.print(f"[yellow]warning:[/yellow] {escape(secret.warning)}")
         options = DeployOptions(
             public_port=public_port,
             public_address=public_address,
-            url_secret=url_secret,
+            url_secret=secret.value,
             tls_cert=tls_cert,
             tls_key=tls_key,
             pip=PipSource(pip_index_url, pip_find_links, tuple(pip_trusted_host or ())),
@@ -198,14 +291,22 @@ def deploy(
             torch_version=torch_version,
             python=python,
             smoke=smoke,
+            acme=acme,
+            acme_email=acme_email,
+            acme_directory=acme_directory,
+            acme_ca=acme_ca,
+            idle_stop_minutes=idle_stop_minutes,
         )
+        if acme:
+            _acme_terms(console, acme_directory)
         specs = [ModelSpec.parse(m, label_map) for m in model]
         result = deploy_lib.deploy(
-            _target(host, user, key, port, known_hosts), specs, options, RichProgress(console)
+            _target(host, user, key, port, known_hosts), specs, options, RichReporter(console)
         )
     except (RunnerError, deploy_lib.DeployError, ValueError, FileNotFoundError) as exc:
         raise _fail(console, exc) from exc
     _print_result(console, result, qr_png)
+    console.print(idle_stop_note(idle_stop_minutes), markup=False)
     if json_output:
         sys.stdout.write(json.dumps(result.to_dict()) + "\n")
 
@@ -215,7 +316,9 @@ def undeploy(
     user: Annotated[str, typer.Option(help="SSH login user.")] = "root",
     key: Annotated[Path | None, typer.Option(help="SSH private key file.")] = None,
     port: Annotated[int, typer.Option(help="SSH port.")] = 22,
-    known_hosts: Annotated[Path, typer.Option(help="Recorded host keys.")] = DEFAULT_KNOWN_HOSTS,
+    known_hosts: Annotated[
+        Path, typer.Option(help=f"Recorded host keys. Default: {KNOWN_HOSTS_SHOWN}", show_default=False)
+    ] = DEFAULT_KNOWN_HOSTS,
     keep_packages: Annotated[
         bool, typer.Option(help="Keep the system packages deploy installed (JRE, nginx).")
     ] = False,
@@ -225,7 +328,7 @@ def undeploy(
     try:
         deploy_lib.undeploy(
             _target(host, user, key, port, known_hosts),
-            progress=RichProgress(console),
+            progress=RichReporter(console),
             keep_packages=keep_packages,
         )
     except (RunnerError, deploy_lib.DeployError) as exc:

@@ -1,5 +1,8 @@
 """QR codes the SynthDet Viewer scans: the payload is the bare endpoint URL.
 
+The endpoint's representation for phones, printed by `synthdet` and by the
+Pulumi program (`infra/`), so it lives below both.
+
 Terminal rendering draws two modules per character cell with half blocks and
 sets both colours explicitly (black on white), so the code reads the same on
 dark and light terminal themes.
