@@ -20,6 +20,7 @@ from bootstrap.api import SshTarget
 from bootstrap.ssh import Connection, SshTimeoutError
 from infra.bootstrap_resource import BootstrapProvider
 from tests.support.keys import openssh_private_key
+from tests.support.pulumi_log import pulumi_log_on_stderr  # noqa: F401 - autouse fixture
 
 HINT = (
     "the firewall admits SSH from 198.51.100.7/32 only (synthdet:sshAllowedCidrs 'self'); to admit another "

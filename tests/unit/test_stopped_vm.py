@@ -25,6 +25,7 @@ from tests.support.cloud_check import faked_aws, faked_gcp
 from tests.support.fake_aws_api import AwsWorld
 from tests.support.fake_gcp_api import GcpWorld
 from tests.support.keys import openssh_private_key
+from tests.support.pulumi_log import pulumi_log_on_stderr  # noqa: F401 - autouse fixture
 
 STACK = "my-gcp-t4"
 GCP_VM = {"cloud": "gcp", "project": "demo-project", "zone": "us-central1-b", "name": "synthdet-vm-1a2b3c4"}
