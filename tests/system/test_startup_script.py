@@ -264,8 +264,11 @@ def test_startup_script_alone_brings_up_a_healthy_endpoint(
     assert guest(info, f"systemctl show -p Result --value {STARTUP_UNIT}").strip() == "success", boot_log(
         info
     )
-    log = guest(info, "cat /var/log/synthdet-boot.log")
-    assert "done: serving" in log
+    # Its last line follows the bootstrap's JSON by a moment: wait for it briefly.
+    deadline = time.monotonic() + 30
+    while "done: serving" not in (log := guest(info, "cat /var/log/synthdet-boot.log")):
+        assert time.monotonic() < deadline, log[-2000:]
+        time.sleep(1)
     assert secret not in log  # nothing prints the secret URL
     assert guest(info, f"systemctl is-enabled {UNIT_NAME}").strip() == "enabled"
     assert guest(info, "stat -c '%a' /var/lib/synthdet-boot/files/boot.json").strip() == "600"
